@@ -1,0 +1,119 @@
+"""Turn a batch of windows into raw scores (logits), one float per window.
+
+- :class:`PackedModernBertScorer`: ModernBERT backbones (the Ettin rerankers). Every layer runs on packed tokens,
+  so no work is spent on padding except inside attention's grid on the ``sdpa`` backend.
+- :class:`PaddedScorer`: any other Sentence Transformers cross-encoder (classic BERT/MiniLM/bge
+  sequence-classification models): length-sorted padded batches through the model's own forward.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from ettin_rerank.attention import AttentionFn
+from ettin_rerank.packing import PackedBatch, pack
+from ettin_rerank.tokenization import Window
+
+_SUPPORTED_POOLING = ("cls", "mean")
+
+
+class Scorer(Protocol):
+    def __call__(self, windows: list[Window]) -> torch.Tensor: ...
+
+
+class PaddedScorer:
+    """Runs the Sentence Transformers module chain itself on padded batches."""
+
+    def __init__(self, cross_encoder, device: torch.device, pad_token_id: int) -> None:
+        self._model = cross_encoder
+        self._device = device
+        self._pad = pad_token_id
+        self._uses_token_types = "token_type_ids" in cross_encoder.tokenizer.model_input_names
+
+    def __call__(self, windows: list[Window]) -> torch.Tensor:
+        length = max(len(w.input_ids) for w in windows)
+        ids = torch.full((len(windows), length), self._pad, dtype=torch.long)
+        types = torch.zeros_like(ids)
+        mask = torch.zeros_like(ids)
+        for row, window in enumerate(windows):
+            n = len(window.input_ids)
+            ids[row, :n] = torch.tensor(window.input_ids)
+            types[row, :n] = torch.tensor(window.token_type_ids)
+            mask[row, :n] = 1
+        features = {"input_ids": ids, "attention_mask": mask}
+        if self._uses_token_types:
+            features["token_type_ids"] = types
+        features = {key: value.to(self._device) for key, value in features.items()}
+        return self._model(features)["scores"].float().reshape(len(windows), -1)[:, 0]
+
+
+class PackedModernBertScorer:
+    """ModernBERT forward on packed tokens, then the checkpoint's own pooling-free head modules."""
+
+    def __init__(self, cross_encoder, device: torch.device, attention: AttentionFn) -> None:
+        self._model = cross_encoder[0].model
+        self._pooling = cross_encoder[1].pooling_mode
+        self._head = [cross_encoder[i] for i in range(2, len(cross_encoder))]
+        self._device = device
+        self._attention = attention
+        config = self._model.config
+        self._heads = config.num_attention_heads
+        self._head_dim = config.hidden_size // config.num_attention_heads
+        self._half_window = config.local_attention // 2
+
+    @staticmethod
+    def supports(cross_encoder) -> bool:
+        """Whether ``cross_encoder`` is ModernBERT -> Pooling(cls|mean) -> modules on the pooled vector."""
+        from sentence_transformers.sentence_transformer.modules import Pooling
+        from transformers import ModernBertModel
+
+        modules = list(cross_encoder)
+        return (
+            len(modules) >= 2
+            and isinstance(getattr(modules[0], "model", None), ModernBertModel)
+            and isinstance(modules[1], Pooling)
+            and modules[1].pooling_mode in _SUPPORTED_POOLING
+        )
+
+    def __call__(self, windows: list[Window]) -> torch.Tensor:
+        batch = pack([w.input_ids for w in windows], [w.token_type_ids for w in windows], self._device)
+        hidden = self.encode(batch)
+        if self._pooling == "cls":
+            pooled = hidden[batch.first_token]
+        else:
+            sums = hidden.new_zeros(batch.num_sequences, hidden.shape[1]).index_add_(0, batch.sequence_ids, hidden)
+            pooled = sums / batch.lengths.to(sums.device, sums.dtype)[:, None]
+        features = {"sentence_embedding": pooled}
+        for module in self._head:
+            features = module(features)
+        return features["scores"].float().reshape(len(windows), -1)[:, 0]
+
+    def encode(self, batch: PackedBatch) -> torch.Tensor:
+        """Last hidden states ``(T, hidden)`` of the packed tokens: the same function as ``ModernBertModel``."""
+        model = self._model
+        hidden = model.embeddings(input_ids=batch.input_ids)
+        rotary = {kind: _rotary_tables(model, hidden, batch.position_ids, kind) for kind in set(model.config.layer_types)}
+        tokens = hidden.shape[0]
+        for layer in model.layers:
+            local = layer.attention_type == "sliding_attention"
+            qkv = layer.attn.Wqkv(layer.attn_norm(hidden)).view(tokens, 3, self._heads, self._head_dim)
+            qkv[:, :2] = _rotate(qkv[:, :2], *rotary[layer.attention_type])
+            out = self._attention(qkv, batch, self._half_window if local else None)
+            hidden = hidden + layer.attn.Wo(out.reshape(tokens, -1))
+            hidden = hidden + layer.mlp(layer.mlp_norm(hidden))
+        return model.final_norm(hidden)
+
+
+def _rotary_tables(model, hidden: torch.Tensor, position_ids: torch.Tensor, kind: str):
+    """cos and sign-folded sin, ``(T, 1, 1, head_dim)`` in the model dtype, as transformers computes them."""
+    cos, sin = (t[0, :, None, None, :] for t in model.rotary_emb(hidden, position_ids[None], kind))
+    half = sin.shape[-1] // 2
+    return cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding (rotate-half form), computed in float32 as transformers does."""
+    xf = x.float()
+    return torch.addcmul(xf * cos, xf.roll(x.shape[-1] // 2, dims=-1), signed_sin).to(x.dtype)
