@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from ettin_rerank.attention import resolve_attention
+from ettin_rerank.attention import BACKENDS, resolve_attention
 from ettin_rerank.batching import token_budget_batches
 from ettin_rerank.device import resolve_device, resolve_dtype
 from ettin_rerank.loading import HubOptions, load_cross_encoder, resolve_model_path
@@ -91,6 +91,11 @@ class Reranker:
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        default_budget = DEFAULT_BATCH_TOKENS.get(self.device.type, 8192)
+        self.batch_tokens = check_positive(default_budget if batch_tokens is None else batch_tokens, "batch_tokens")
+        if attention is not None and attention not in BACKENDS:
+            msg = f"attention must be one of {', '.join(BACKENDS)} or None, but got {attention!r}"
+            raise ValueError(msg)
         hub = HubOptions(revision=revision, token=token, cache_folder=cache_folder, local_files_only=local_files_only)
         self.model_path = resolve_model_path(model, hub)
         self.model_name = str(model)
@@ -98,11 +103,7 @@ class Reranker:
             self.model_path, device=self.device, dtype=self.dtype, trust_remote_code=trust_remote_code
         )
         self.model_max_length = int(self._cross_encoder.max_seq_length or 512)
-        self._defaults = self._options(
-            max_length, long_document_strategy, window_overlap, activation, base=None
-        )
-        self.batch_tokens = check_positive(batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 8192),
-                                           "batch_tokens")
+        self._defaults = self._options(max_length, long_document_strategy, window_overlap, activation, base=None)
         self._pair_tokenizer = PairTokenizer(self._cross_encoder.tokenizer)
         self.show_progress_bar = show_progress_bar
         if PackedModernBertScorer.supports(self._cross_encoder):

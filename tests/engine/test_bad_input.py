@@ -1,0 +1,111 @@
+"""Bad input gets a clear error naming the argument, or a documented result; nothing is dropped silently."""
+
+from __future__ import annotations
+
+import pytest
+
+from ettin_rerank import Reranker
+
+
+@pytest.mark.parametrize("query", ["", "   \n"])
+def test_empty_query_is_rejected(reranker, query):
+    with pytest.raises(ValueError, match="query must not be empty"):
+        reranker.rerank(query, ["a document"])
+
+
+@pytest.mark.parametrize("query", [None, 3, b"bytes", ["list"]])
+def test_non_string_query_is_rejected(reranker, query):
+    with pytest.raises(TypeError, match="query must be a string"):
+        reranker.score(query, ["a document"])
+
+
+def test_single_string_documents_is_rejected(reranker):
+    with pytest.raises(TypeError, match=r"documents must be a list of strings, not a single string"):
+        reranker.rerank("query", "just one document")
+
+
+@pytest.mark.parametrize("documents", [None, 42, {"a": 1}])
+def test_documents_of_wrong_type_are_rejected(reranker, documents):
+    with pytest.raises(TypeError, match="documents must be a list of strings"):
+        reranker.rerank("query", documents)
+
+
+@pytest.mark.parametrize("bad", [None, 7, ("tuple",)])
+def test_a_non_string_document_is_named_by_position(reranker, bad):
+    with pytest.raises(TypeError, match=r"documents\[1\] must be a string"):
+        reranker.rerank("query", ["fine", bad, "also fine"])
+
+
+def test_no_documents_gives_an_empty_result(reranker):
+    assert reranker.rerank("query", []) == []
+    assert reranker.score("query", []) == []
+    assert reranker.score_pairs([]) == []
+
+
+def test_empty_document_is_scored_not_dropped(reranker):
+    rows = reranker.rerank("query", ["", "some text", ""])
+    assert sorted(r.index for r in rows) == [0, 1, 2]
+    assert all(r.num_tokens == 0 for r in rows if r.index != 1)
+
+
+@pytest.mark.parametrize("top_k", [0, -3])
+def test_top_k_must_be_positive(reranker, top_k):
+    with pytest.raises(ValueError, match=f"top_k must be > 0, but got {top_k}"):
+        reranker.rerank("query", ["a", "b"], top_k=top_k)
+
+
+@pytest.mark.parametrize("top_k", [1.5, "2", True])
+def test_top_k_must_be_an_integer(reranker, top_k):
+    with pytest.raises(TypeError, match="top_k must be a positive integer or None"):
+        reranker.rerank("query", ["a", "b"], top_k=top_k)
+
+
+def test_top_k_larger_than_the_list_keeps_everything(reranker):
+    assert len(reranker.rerank("query", ["a", "b", "c"], top_k=10)) == 3
+
+
+def test_bad_pairs_are_named(reranker):
+    with pytest.raises(TypeError, match=r"pairs\[1\] must be a \(query, document\) pair"):
+        reranker.score_pairs([("q", "d"), ("only one",)])
+    with pytest.raises(TypeError, match="pairs must be a list"):
+        reranker.score_pairs("q")
+    with pytest.raises(ValueError, match=r"pairs\[0\]\[0\] must not be empty"):
+        reranker.score_pairs([("", "d")])
+
+
+def test_unknown_call_option_is_rejected(reranker):
+    with pytest.raises(TypeError, match="unknown option"):
+        reranker.score("query", ["d"], batch_sise=3)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_length": 0}, "max_length must be a positive integer"),
+        ({"max_length": 10**6}, "max_length must be <= the model's limit"),
+        ({"long_document_strategy": "chunk"}, "long_document_strategy must be one of"),
+        ({"window_overlap": -1}, "window_overlap must be an integer >= 0"),
+        ({"activation": "softmax"}, "activation must be 'none' or 'sigmoid'"),
+    ],
+)
+def test_bad_options_name_the_argument(reranker, options, message):
+    with pytest.raises(ValueError, match=message):
+        reranker.score("query", ["d"], **options)
+
+
+def test_odd_text_is_scored(reranker):
+    documents = ["\x00\x01 control", "emoji 🧬🧪 and accents éàü", "中文文本", "a" * 20_000, "\n\n\t"]
+    rows = reranker.rerank("query ✓", documents)
+    assert sorted(r.index for r in rows) == list(range(len(documents)))
+    assert all(r.score == r.score for r in rows)  # no NaN
+
+
+def test_bad_engine_arguments(tiny_checkpoint):
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        Reranker(tiny_checkpoint, device="cpu", dtype="int8")
+    with pytest.raises(ValueError, match="device must be a torch device"):
+        Reranker(tiny_checkpoint, device="toaster")
+    with pytest.raises(ValueError, match="batch_tokens must be a positive integer"):
+        Reranker(tiny_checkpoint, device="cpu", batch_tokens=0)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        Reranker(tiny_checkpoint, device="cpu", attention="magic")
