@@ -13,6 +13,7 @@ $(STAMP): $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps $(foreach pkg,$(wildcard integrations/*/pyproject.toml),-e $(dir $(pkg)))
 	touch $(STAMP)
 
 install: $(STAMP)

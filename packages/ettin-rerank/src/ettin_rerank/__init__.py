@@ -8,6 +8,7 @@ from ettin_rerank.errors import ModelLoadError, ModelNotFoundError
 from ettin_rerank.long_documents import STRATEGIES as LONG_DOCUMENT_STRATEGIES
 from ettin_rerank.models import ETTIN_SHAPES, EttinShape, ettin_shape
 from ettin_rerank.results import RerankResult, TextSpan
+from ettin_rerank.shared import shared_reranker
 
 __version__ = "0.1.0"
 
@@ -24,4 +25,5 @@ __all__ = [
     "build_untrained_checkpoint",
     "ettin_shape",
     "is_untrained",
+    "shared_reranker",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Sequence
@@ -24,7 +25,7 @@ from ettin_rerank.validation import check_documents, check_positive, check_query
 logger = logging.getLogger(__name__)
 
 Activation = Literal["none", "sigmoid"]
-DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
+DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class Reranker:
             than the window (see :mod:`ettin_rerank.long_documents`).
         window_overlap: Tokens shared by consecutive windows of a long document. Defaults to 128.
         activation: ``"none"`` returns raw logits (as the models ship), ``"sigmoid"`` squashes them into (0, 1).
-        batch_tokens: Token budget of one forward pass. Defaults to 8,192 on CPU and 65,536 on CUDA.
+        batch_tokens: Token budget of one forward pass. Defaults to 4,096 on CPU and 65,536 on CUDA.
         attention: ``"sdpa"``, ``"flash_attn"`` or ``"varlen"``; ``None`` picks the fastest available.
         revision: Hub revision (branch, tag or commit) for hub ids.
         token: Hub token for private models.
@@ -178,6 +179,7 @@ class Reranker:
         documents: Sequence[str],
         top_k: int | None = None,
         *,
+        score_threshold: float | None = None,
         return_documents: bool = False,
         **options,
     ) -> list[RerankResult]:
@@ -187,10 +189,13 @@ class Reranker:
             query: The query.
             documents: Texts to rank; an empty list gives an empty result.
             top_k: Keep the best ``top_k`` (``None`` or more than there are documents: keep all).
+            score_threshold: Keep only results scoring at least this much (after ``activation``).
             return_documents: Put each document's text in its result.
             **options: Per-call ``max_length``, ``long_document_strategy``, ``window_overlap``, ``activation``.
         """
-        return self.rerank_many([query], [documents], top_k, return_documents=return_documents, **options)[0]
+        return self.rerank_many(
+            [query], [documents], top_k, score_threshold=score_threshold, return_documents=return_documents, **options
+        )[0]
 
     def rerank_many(
         self,
@@ -198,11 +203,16 @@ class Reranker:
         documents: Sequence[Sequence[str]],
         top_k: int | None = None,
         *,
+        score_threshold: float | None = None,
         return_documents: bool = False,
         **options,
     ) -> list[list[RerankResult]]:
         """:meth:`rerank` for many queries in one pass (``documents[i]`` belongs to ``queries[i]``)."""
         top_k = check_top_k(top_k)
+        if score_threshold is not None and (isinstance(score_threshold, bool)
+                                            or not isinstance(score_threshold, (int, float))):
+            msg = f"score_threshold must be a number or None, but got {score_threshold!r}"
+            raise TypeError(msg)
         if isinstance(queries, str) or not isinstance(queries, Sequence):
             msg = f"queries must be a list of strings, but got {type(queries).__name__}"
             raise TypeError(msg)
@@ -220,8 +230,34 @@ class Reranker:
             if return_documents:
                 rows = [_with_document(row, docs[row.index]) for row in rows]
             rows.sort(key=lambda r: -r.score)
+            if score_threshold is not None:
+                rows = [row for row in rows if row.score >= score_threshold]
             ranked.append(rows[:top_k])
         return ranked
+
+    async def ascore(self, query: str, documents: Sequence[str], **options) -> list[float]:
+        """:meth:`score` on a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self.score, query, documents, **options)
+
+    async def ascore_pairs(self, pairs: Sequence[tuple[str, str]], **options) -> list[float]:
+        """:meth:`score_pairs` on a worker thread."""
+        return await asyncio.to_thread(self.score_pairs, pairs, **options)
+
+    async def arerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_k: int | None = None,
+        *,
+        score_threshold: float | None = None,
+        return_documents: bool = False,
+        **options,
+    ) -> list[RerankResult]:
+        """:meth:`rerank` on a worker thread; concurrent calls run in parallel (PyTorch releases the GIL)."""
+        return await asyncio.to_thread(
+            self.rerank, query, documents, top_k,
+            score_threshold=score_threshold, return_documents=return_documents, **options,
+        )
 
     # ------------------------------------------------------------------ execution
 

