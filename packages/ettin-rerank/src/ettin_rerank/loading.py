@@ -75,7 +75,7 @@ def _download(repo_id: str, name: str, hub: HubOptions) -> Path:
 
     offline = hub.local_files_only or _hub_offline()
     if not offline and not _hub_reachable():
-        logger.warning("The Hugging Face hub is not reachable: looking for %s in the local cache only", repo_id)
+        logger.info("The Hugging Face hub is not reachable: looking for %s in the local cache only", repo_id)
         offline = True
     try:
         path = snapshot_download(
@@ -86,11 +86,10 @@ def _download(repo_id: str, name: str, hub: HubOptions) -> Path:
             local_files_only=offline,
         )
     except (LocalEntryNotFoundError, RepositoryNotFoundError, HfHubHTTPError, OSError, ValueError) as error:
-        where = "the local Hugging Face cache only (offline mode)" if offline else "the Hugging Face hub and its cache"
-        msg = (
-            f"model {name!r} was not found: it is not a local folder, and hub id {repo_id!r}"
-            f"{f' at revision {hub.revision!r}' if hub.revision else ''} is not in {where} ({type(error).__name__})"
-        )
+        where = "in the local Hugging Face cache (offline: the hub was not asked)" if offline else (
+            "on the Hugging Face hub or in its cache")
+        revision = f" at revision {hub.revision!r}" if hub.revision else ""
+        msg = f"model {name!r} was not found: not a local folder, and {repo_id!r}{revision} is not {where}"
         raise ModelNotFoundError(msg) from error
     return Path(path)
 

@@ -1,0 +1,126 @@
+"""Retrieve-then-rerank demo: the bundled corpus in Qdrant, top-K by embedding, reranked by an Ettin model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import textwrap
+import time
+from importlib import resources
+from pathlib import Path
+
+from ettin_rerank.checkpoints import build_untrained_checkpoint, is_untrained
+from ettin_rerank.engine import Reranker
+from ettin_rerank.errors import ModelNotFoundError
+from ettin_rerank.loading import HubOptions, resolve_model_path
+from ettin_rerank.retrieval import QdrantRetriever, default_embedding_model
+
+logger = logging.getLogger(__name__)
+
+DEMO_QUERIES = (
+    "How do I reset the battery after it overheats?",
+    "What held the stones of Smeaton's lighthouse together?",
+    "Why does a cross-encoder only rerank the top results?",
+)
+UNTRAINED_NOTE = "UNTRAINED model (random weights): the mechanics and timings are real, the order is not"
+
+
+def demo_corpus() -> list[dict[str, str]]:
+    """The corpus shipped with the package: a few dozen short documents and a few long ones."""
+    text = resources.files("ettin_rerank").joinpath("data/demo_corpus.jsonl").read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def cache_folder() -> Path:
+    return Path(os.environ.get("ETTIN_RERANK_CACHE", Path.home() / ".cache" / "ettin-rerank"))
+
+
+def resolve_demo_model(model: str | None = None) -> tuple[str, bool]:
+    """``(model, untrained)``: the named model (default ``17m``) if it can be found or downloaded, else a locally
+    built untrained checkpoint of the 17m shape. Says so in one line when it falls back."""
+    name = model or "17m"
+    try:
+        path = resolve_model_path(name, HubOptions())
+    except ModelNotFoundError as error:
+        if model is not None and Path(model).expanduser().exists():
+            raise
+        print(f"{str(error)[0].upper()}{str(error)[1:]}. Falling back to an untrained 17m-shaped checkpoint.")
+        return str(untrained_checkpoint()), True
+    return str(path), is_untrained(path)
+
+
+def untrained_checkpoint() -> Path:
+    """The untrained 17m-shaped checkpoint in the cache folder, built on first use (a few seconds)."""
+    folder = cache_folder() / "untrained-17m"
+    if not (folder / "modules.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        build_untrained_checkpoint(folder, tokenizer=default_embedding_model(), shape="17m")
+    return folder
+
+
+def embedding_label(model: str) -> str:
+    return "all-MiniLM-L6-v2 (offline package)" if model == default_embedding_model() else model
+
+
+def _snippet(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``ettin-rerank demo``: print a before/after table with timings per stage for each query."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+    corpus = demo_corpus()
+    model, untrained = resolve_demo_model(args.model)
+    start = time.perf_counter()
+    retriever = QdrantRetriever(args.embedding_model, url=args.qdrant_url, path=args.qdrant_path,
+                                collection="ettin-demo")
+    load_embedder = time.perf_counter() - start
+    index_seconds = retriever.index(
+        [d["_id"] for d in corpus], [f"{d['title']}\n{d['text']}" for d in corpus],
+        [{"title": d["title"], "text": d["text"]} for d in corpus],
+    )
+    start = time.perf_counter()
+    reranker = Reranker(model, device=args.device, dtype=args.dtype, max_length=args.max_length,
+                        long_document_strategy=args.long_document_strategy, batch_tokens=args.batch_tokens)
+    load_reranker = time.perf_counter() - start
+    print(f"Corpus: {len(corpus)} documents ({sum(len(d['text'].split()) > 500 for d in corpus)} long), "
+          f"embedded with {embedding_label(retriever.embedding_model)} into Qdrant ({retriever.location}) "
+          f"in {index_seconds:.1f} s")
+    print(f"Reranker: {args.model or '17m'} -> {reranker!r}, loaded in {load_reranker:.1f} s "
+          f"(embedder {load_embedder:.1f} s)")
+    if untrained:
+        print(f"NOTE: {UNTRAINED_NOTE}.")
+    print("Columns: new = rank after reranking, was = rank from embedding search (arrow: moved up/down), "
+          "score = reranker score (raw logit), read = what the reranker read of the document.")
+    for query in args.query or DEMO_QUERIES:
+        _show_query(query, retriever, reranker, args.top_k, args.show)
+    return 0
+
+
+def _show_query(query: str, retriever: QdrantRetriever, reranker: Reranker, top_k: int, show: int) -> None:
+    start = time.perf_counter()
+    [hits] = retriever.search([query], top_k)
+    retrieve_ms = (time.perf_counter() - start) * 1000
+    start = time.perf_counter()
+    texts = [f"{h.payload['title']}\n{h.payload['text']}" for h in hits]
+    ranked = reranker.rerank(query, texts, return_documents=True)
+    rerank_ms = (time.perf_counter() - start) * 1000
+    print(f"\nQuery: {query}")
+    print(f"  retrieve top-{len(hits)}: {retrieve_ms:.0f} ms   rerank {len(hits)} documents: {rerank_ms:.0f} ms "
+          f"({len(hits) / (rerank_ms / 1000):.0f} docs/s)")
+    print(f"  {'new':>3} {'was':>4} {'score':>8}  {'title':<46} read")
+    for new_rank, row in enumerate(ranked[:show], 1):
+        hit = hits[row.index]
+        moved = row.index + 1 - new_rank
+        arrow = "↑" if moved > 0 else "↓" if moved < 0 else "="
+        span = row.best_window
+        read = (f"whole, {row.num_tokens} tokens" if row.num_windows == 1 and not row.truncated
+                else f"window {span.token_start}-{span.token_end} of {row.num_tokens} tokens ({row.num_windows} windows)")
+        print(f"  {new_rank:>3} {row.index + 1:>3}{arrow} {row.score:>8.3f}  {_snippet(hit.payload['title'], 46):<46} {read}")
+        print(textwrap.indent(_snippet(row.passage or "", 110), "               "))
