@@ -28,4 +28,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 bench: $(STAMP)
-	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench_cpu.py $(ARGS)
+	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/bench.py $(ARGS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ettin_rerank import Reranker
 
 

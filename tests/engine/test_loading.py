@@ -7,7 +7,6 @@ import shutil
 import time
 
 import pytest
-
 from ettin_rerank import ETTIN_SHAPES, ModelLoadError, ModelNotFoundError, Reranker, ettin_shape, is_untrained
 from ettin_rerank.loading import HubOptions, hub_id_for, resolve_model_path
 
@@ -77,13 +76,13 @@ def test_corrupt_weights_are_reported(broken_copy):
 
 def test_corrupt_config_is_named(broken_copy):
     (broken_copy / "config.json").write_text("{ not json")
-    with pytest.raises(ModelLoadError, match=r"config.json is not valid JSON"):
+    with pytest.raises(ModelLoadError, match=r"config\.json is not valid JSON"):
         Reranker(broken_copy, device="cpu")
 
 
 def test_corrupt_modules_json_is_named(broken_copy):
     (broken_copy / "modules.json").write_text("[{")
-    with pytest.raises(ModelLoadError, match=r"modules.json is not valid JSON"):
+    with pytest.raises(ModelLoadError, match=r"modules\.json is not valid JSON"):
         Reranker(broken_copy, device="cpu")
 
 
@@ -95,7 +94,7 @@ def test_missing_tokenizer_is_named(broken_copy):
 
 
 def test_empty_folder_is_not_a_checkpoint(tmp_path):
-    with pytest.raises(ModelLoadError, match="has no config.json"):
+    with pytest.raises(ModelLoadError, match=r"has no config\.json"):
         Reranker(tmp_path, device="cpu")
 
 
@@ -107,7 +106,6 @@ def test_untrained_checkpoints_are_marked(tiny_checkpoint):
 
 def test_dtype_defaults(tiny_checkpoint):
     import torch
-
     from ettin_rerank.device import cpu_has_native_bf16
 
     engine = Reranker(tiny_checkpoint, device="cpu")

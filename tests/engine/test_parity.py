@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from sentence_transformers import CrossEncoder
-
 from ettin_rerank import Reranker
+from sentence_transformers import CrossEncoder
 
 
 def _reference(folder, pairs, max_length=None):

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from ettin_rerank.cli import main
 from ettin_rerank.demo import demo_corpus
 

@@ -9,7 +9,6 @@ import random
 from pathlib import Path
 
 import pytest
-
 from ettin_rerank.evaluation import evaluate, load_beir, metrics, oracle_run
 from ettin_rerank.retrieval import QdrantRetriever
 

@@ -24,7 +24,9 @@ def test_notebook_runs(path, tmp_path, monkeypatch, untrained_cache):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("ETTIN_RERANK_CACHE", str(untrained_cache))
     monkeypatch.delenv("ETTIN_MODEL", raising=False)
-    NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    resources = {"metadata": {"path": str(tmp_path)}}
+    client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources=resources)
+    client.execute()
     printed = "".join(
         output.get("text", "") for cell in notebook.cells for output in cell.get("outputs", [])
     )

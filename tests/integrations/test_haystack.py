@@ -5,13 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from ettin_rerank import Reranker
 from haystack import Document, Pipeline
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.document_stores.in_memory import InMemoryDocumentStore
 from haystack.utils import ComponentDevice, Secret
 from haystack_integrations.components.rankers.ettin import EttinRanker
-
-from ettin_rerank import Reranker
 
 
 @pytest.fixture(scope="module")

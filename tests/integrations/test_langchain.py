@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from ettin_rerank import Reranker
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
 from langchain_core.cross_encoders import BaseCrossEncoder
@@ -14,8 +15,6 @@ from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_ettin import EttinCrossEncoder, EttinRerank
 from langchain_huggingface import HuggingFaceEmbeddings
 from pydantic import ValidationError
-
-from ettin_rerank import Reranker
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.cross_encoders import BaseCrossEncoder
-
 from ettin_rerank import Reranker, shared_reranker
+from langchain_core.cross_encoders import BaseCrossEncoder
 
 
 class EttinCrossEncoder(BaseCrossEncoder):

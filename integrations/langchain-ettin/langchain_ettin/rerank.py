@@ -6,11 +6,10 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from ettin_rerank import Reranker, RerankResult, shared_reranker
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field, PrivateAttr
-
-from ettin_rerank import Reranker, RerankResult, shared_reranker
 
 
 class EttinRerank(BaseDocumentCompressor):

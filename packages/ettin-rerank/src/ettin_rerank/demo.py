@@ -120,7 +120,9 @@ def _show_query(query: str, retriever: QdrantRetriever, reranker: Reranker, top_
         moved = row.index + 1 - new_rank
         arrow = "↑" if moved > 0 else "↓" if moved < 0 else "="
         span = row.best_window
-        read = (f"whole, {row.num_tokens} tokens" if row.num_windows == 1 and not row.truncated
-                else f"window {span.token_start}-{span.token_end} of {row.num_tokens} tokens ({row.num_windows} windows)")
-        print(f"  {new_rank:>3} {row.index + 1:>3}{arrow} {row.score:>8.3f}  {_snippet(hit.payload['title'], 46):<46} {read}")
+        read = f"whole, {row.num_tokens} tokens"
+        if row.num_windows > 1 or row.truncated:
+            read = f"window {span.token_start}-{span.token_end} of {row.num_tokens} tokens ({row.num_windows} windows)"
+        title = _snippet(hit.payload["title"], 46)
+        print(f"  {new_rank:>3} {row.index + 1:>3}{arrow} {row.score:>8.3f}  {title:<46} {read}")
         print(textwrap.indent(_snippet(row.passage or "", 110), "               "))

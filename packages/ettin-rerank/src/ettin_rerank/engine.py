@@ -278,13 +278,13 @@ class Reranker:
         budgets = [document_budget(opts.max_length, len(ids), tok.template.num_special) for ids in query_ids]
         encoded = tok.encode_documents([doc for _, doc in items])
         windows: list[Window] = []
-        for pair, ((q, _), doc) in enumerate(zip(items, encoded)):
+        for pair, ((q, _), doc) in enumerate(zip(items, encoded, strict=True)):
             for start, end in window_spans(len(doc.ids), budgets[q], opts.strategy, opts.overlap):
                 windows.append(tok.build(pair, query_ids[q], doc.ids, start, end))
         window_scores = self._score_windows(windows)
         if opts.activation == "sigmoid":
             window_scores = torch.sigmoid(window_scores)
-        return self._collect(items, encoded, windows, window_scores.tolist(), budgets, opts)
+        return self._collect(items, encoded, windows, window_scores.tolist(), opts.strategy)
 
     @torch.inference_mode()
     def _score_windows(self, windows: list[Window]) -> torch.Tensor:
@@ -297,15 +297,19 @@ class Reranker:
             scores[batch] = self._scorer([windows[i] for i in batch]).cpu()
         return scores
 
-    def _collect(self, items, encoded: list[EncodedDocument], windows, scores, budgets, opts) -> list[RerankResult]:
+    @staticmethod
+    def _collect(
+        items: list[tuple[int, str]], encoded: list[EncodedDocument], windows: list[Window], scores: list[float],
+        strategy: str,
+    ) -> list[RerankResult]:
         per_pair: list[list[int]] = [[] for _ in items]
         for position, window in enumerate(windows):
             per_pair[window.pair].append(position)
         results = []
         counters: dict[int, int] = {}
-        for pair, ((query, _), doc) in enumerate(zip(items, encoded)):
+        for pair, ((query, _), doc) in enumerate(zip(items, encoded, strict=True)):
             positions = per_pair[pair]
-            score, best = aggregate([scores[p] for p in positions], opts.strategy)
+            score, best = aggregate([scores[p] for p in positions], strategy)
             window = windows[positions[best]]
             index = counters.get(query, 0)
             counters[query] = index + 1
@@ -315,7 +319,7 @@ class Reranker:
                     score=float(score),
                     num_tokens=len(doc.ids),
                     num_windows=len(positions),
-                    truncated=window.token_end - window.token_start < len(doc.ids) and opts.strategy == "truncate",
+                    truncated=window.token_end - window.token_start < len(doc.ids) and strategy == "truncate",
                     best_window=_span(doc, window.token_start, window.token_end),
                 )
             )

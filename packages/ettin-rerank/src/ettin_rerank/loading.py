@@ -8,12 +8,16 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import torch
 
 from ettin_rerank.errors import ModelLoadError, ModelNotFoundError
 from ettin_rerank.models import ETTIN_SHAPES, ettin_shape
+
+if TYPE_CHECKING:  # imported lazily at run time: it is heavy
+    from sentence_transformers import CrossEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +151,7 @@ def _check_transformer_folder(folder: Path) -> None:
 
 def load_cross_encoder(
     folder: Path, *, device: torch.device, dtype: torch.dtype, trust_remote_code: bool = False
-):  # -> sentence_transformers.CrossEncoder (imported lazily: it is heavy)
+) -> CrossEncoder:
     """Load a checkpoint folder with Sentence Transformers' own ``CrossEncoder`` (our reference)."""
     from sentence_transformers import CrossEncoder
 

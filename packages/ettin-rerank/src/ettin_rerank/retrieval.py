@@ -64,7 +64,10 @@ class QdrantRetriever:
             raise ValueError(msg)
         self.embedding_model = embedding_model or default_embedding_model()
         self.embedder = SentenceTransformer(self.embedding_model, device=device)
-        self.client = QdrantClient(url=url) if url else QdrantClient(path=str(path)) if path else QdrantClient(":memory:")
+        if url:
+            self.client = QdrantClient(url=url)
+        else:
+            self.client = QdrantClient(path=str(path)) if path else QdrantClient(":memory:")
         self.location = url or (f"embedded, {path}" if path else "embedded, in memory")
         self.collection = collection
 

