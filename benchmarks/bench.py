@@ -87,7 +87,8 @@ def _text(rng: random.Random, words: int) -> str:
 
 
 class PeakMemory:
-    """Peak resident memory (CPU, sampled) or peak allocated memory (CUDA) above the level at entry, in MiB."""
+    """Peak resident memory (CPU, sampled every 2 ms) or peak allocated memory (CUDA) above the level at entry,
+    in MiB: the working memory of one call, with the model's weights already loaded."""
 
     def __init__(self, device: str) -> None:
         self.device = device
@@ -99,6 +100,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
         else:
+            _release_freed_memory()
             self._base = _rss()
             self._peak = self._base
             self._stop = threading.Event()
@@ -118,6 +120,18 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.peak_mib = (max(self._peak, _rss()) - self._base) / 2**20
+
+
+def _release_freed_memory() -> None:
+    """Hand memory freed by earlier variants back to the OS (glibc), so each variant's growth is its own."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _rss() -> int:

@@ -70,6 +70,8 @@ def test_bad_pairs_are_named(reranker):
         reranker.score_pairs("q")
     with pytest.raises(ValueError, match=r"pairs\[0\]\[0\] must not be empty"):
         reranker.score_pairs([("", "d")])
+    with pytest.raises(TypeError, match=r"pairs\[1\]\[1\] must be a string, but got NoneType"):
+        reranker.score_pairs([("q", "d"), ("q", None)])
 
 
 def test_unknown_call_option_is_rejected(reranker):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 CORPUS = [
@@ -35,3 +37,26 @@ def embedding_model_path(tokenizer_folder):
 @pytest.fixture(scope="session")
 def engine_options(tiny_checkpoint):
     return {"model": str(tiny_checkpoint), "device": "cpu", "dtype": "float32"}
+
+
+class LoopTicker:
+    """Counts event-loop turns while the body of ``async with`` awaits: a blocked loop counts none."""
+
+    ticks = 0
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0)
+            self.ticks += 1
+
+    async def __aenter__(self) -> LoopTicker:
+        self._task = asyncio.create_task(self._tick())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+
+
+@pytest.fixture
+def loop_ticker():
+    return LoopTicker

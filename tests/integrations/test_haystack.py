@@ -109,21 +109,12 @@ def test_empty_documents_and_warm_up_reuse(tiny_checkpoint, query):
     assert ranker._reranker is first and _ranker(tiny_checkpoint).run(query=query, documents=[Document(content="x")])
 
 
-async def test_run_async_equals_run_and_pipeline_async(corpus, query, tiny_checkpoint):
+async def test_run_async_equals_run_and_pipeline_async(corpus, query, tiny_checkpoint, loop_ticker):
     ranker = _ranker(tiny_checkpoint, top_k=4)
     sync = ranker.run(query=query, documents=_documents(corpus))["documents"]
-    ticks = 0
-
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    results = await asyncio.gather(*(ranker.run_async(query=query, documents=_documents(corpus)) for _ in range(4)))
-    task.cancel()
-    assert ticks > 10, "the event loop was blocked while ranking"
+    async with loop_ticker() as ticker:
+        results = await asyncio.gather(*(ranker.run_async(query=query, documents=_documents(corpus)) for _ in range(4)))
+    assert ticker.ticks > 10, "the event loop was blocked while ranking"
     for result in results:
         assert [(d.id, round(d.score, 5)) for d in result["documents"]] == [(d.id, round(d.score, 5)) for d in sync]
     store = InMemoryDocumentStore()

@@ -99,21 +99,12 @@ def test_typos_in_arguments_fail():
         EttinRerank(top_n=0)
 
 
-async def test_async_equals_sync_and_runs_concurrently(corpus, query, engine_options):
+async def test_async_equals_sync_and_runs_concurrently(corpus, query, engine_options, loop_ticker):
     compressor = EttinRerank(top_n=5, **engine_options)
     sync = compressor.compress_documents(_documents(corpus), query)
-    ticks = 0
-
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    results = await asyncio.gather(*(compressor.acompress_documents(_documents(corpus), query) for _ in range(4)))
-    task.cancel()
-    assert ticks > 10, "the event loop was blocked while reranking"
+    async with loop_ticker() as ticker:
+        results = await asyncio.gather(*(compressor.acompress_documents(_documents(corpus), query) for _ in range(4)))
+    assert ticker.ticks > 10, "the event loop was blocked while reranking"
     for result in results:
         assert [(d.id, round(d.metadata["relevance_score"], 5)) for d in result] == [
             (d.id, round(d.metadata["relevance_score"], 5)) for d in sync

@@ -102,21 +102,13 @@ def test_emits_rerank_events(corpus, query, engine_options):
     assert [n.node.node_id for n in seen[1].nodes] == [n.node.node_id for n in out]
 
 
-async def test_async_equals_sync_and_does_not_block_the_loop(corpus, query, engine_options):
+async def test_async_equals_sync_and_does_not_block_the_loop(corpus, query, engine_options, loop_ticker):
     reranker = EttinRerank(top_n=4, **engine_options)
     sync = reranker.postprocess_nodes(_nodes(corpus), query_str=query)
-    ticks = 0
-
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    results = await asyncio.gather(*(reranker.apostprocess_nodes(_nodes(corpus), query_str=query) for _ in range(4)))
-    task.cancel()
-    assert ticks > 10, "the event loop was blocked while reranking"
+    async with loop_ticker() as ticker:
+        calls = (reranker.apostprocess_nodes(_nodes(corpus), query_str=query) for _ in range(4))
+        results = await asyncio.gather(*calls)
+    assert ticker.ticks > 10, "the event loop was blocked while reranking"
     for result in results:
         assert [(n.node.node_id, round(n.score, 5)) for n in result] == [
             (n.node.node_id, round(n.score, 5)) for n in sync

@@ -169,7 +169,9 @@ class Reranker:
                 msg = f"pairs[{position}] must be a (query, document) pair, but got {pair!r}"
                 raise TypeError(msg)
             query = check_query(pair[0], f"pairs[{position}][0]")
-            check_documents([pair[1]], f"pairs[{position}][1:]")
+            if not isinstance(pair[1], str):
+                msg = f"pairs[{position}][1] must be a string, but got {type(pair[1]).__name__}"
+                raise TypeError(msg)
             items.append((queries.setdefault(query, len(queries)), pair[1]))
         return [r.score for r in self._run(list(queries), items, options)]
 
