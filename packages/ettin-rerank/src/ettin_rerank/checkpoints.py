@@ -7,6 +7,7 @@ checkpoint say nothing about relevance.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -89,7 +90,7 @@ def build_untrained_checkpoint(
         modules[3].norm.bias.uniform_(-0.1, 0.1)
     model = CrossEncoder(modules=modules, device="cpu", activation_fn=nn.Identity())
     model.save_pretrained(str(folder))
-    _remove_tree(backbone_dir)
+    shutil.rmtree(backbone_dir)
     (folder / UNTRAINED_MARKER).write_text(f"random weights, Ettin {shape.size} shape, seed {seed}\n")
     logger.info("Built an untrained Ettin %s checkpoint in %s", shape.size, folder)
     return folder
@@ -98,9 +99,3 @@ def build_untrained_checkpoint(
 def is_untrained(folder: str | Path) -> bool:
     """Whether ``folder`` is a checkpoint built by :func:`build_untrained_checkpoint`."""
     return (Path(folder) / UNTRAINED_MARKER).exists()
-
-
-def _remove_tree(path: Path) -> None:
-    for child in sorted(path.rglob("*"), reverse=True):
-        child.rmdir() if child.is_dir() else child.unlink()
-    path.rmdir()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import shutil
 import textwrap
@@ -17,8 +16,6 @@ from ettin_rerank.engine import Reranker
 from ettin_rerank.errors import ModelNotFoundError
 from ettin_rerank.loading import HubOptions, resolve_model_path
 from ettin_rerank.retrieval import QdrantRetriever, default_embedding_model
-
-logger = logging.getLogger(__name__)
 
 DEMO_QUERIES = (
     "How do I reset the battery after it overheats?",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,6 @@ from tqdm.auto import tqdm
 
 from ettin_rerank.engine import Reranker
 from ettin_rerank.retrieval import QdrantRetriever
-
-logger = logging.getLogger(__name__)
 
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]

@@ -11,12 +11,11 @@ import torch
 class PackedBatch:
     """A batch of token sequences laid end to end.
 
-    ``input_ids``, ``token_type_ids`` and ``position_ids`` have one entry per token (``T`` in all);
+    ``input_ids`` and ``position_ids`` have one entry per token (``T`` in all);
     ``cu_seqlens`` holds the sequence boundaries as flash-attention's varlen kernels want them.
     """
 
     input_ids: torch.Tensor
-    token_type_ids: torch.Tensor
     position_ids: torch.Tensor
     sequence_ids: torch.Tensor
     cu_seqlens: torch.Tensor
@@ -54,7 +53,7 @@ class PackedBatch:
         return grid.reshape(self.num_sequences * row_length, *grid.shape[2:])[self.padded_index(row_length, offset)]
 
 
-def pack(input_ids: list[list[int]], token_type_ids: list[list[int]], device: torch.device) -> PackedBatch:
+def pack(input_ids: list[list[int]], device: torch.device) -> PackedBatch:
     """Lay ``input_ids`` end to end (no padding) on ``device``."""
     lengths = torch.tensor([len(ids) for ids in input_ids], dtype=torch.int32)
     cu_seqlens = torch.zeros(len(input_ids) + 1, dtype=torch.int32)
@@ -63,10 +62,8 @@ def pack(input_ids: list[list[int]], token_type_ids: list[list[int]], device: to
     sequence_ids = torch.repeat_interleave(torch.arange(len(input_ids)), lengths.long())
     position_ids = torch.arange(total) - cu_seqlens[:-1].long()[sequence_ids]
     flat_ids = torch.tensor([i for ids in input_ids for i in ids], dtype=torch.long)
-    flat_types = torch.tensor([t for types in token_type_ids for t in types], dtype=torch.long)
     return PackedBatch(
         input_ids=flat_ids.to(device, non_blocking=True),
-        token_type_ids=flat_types.to(device, non_blocking=True),
         position_ids=position_ids.to(device, non_blocking=True),
         sequence_ids=sequence_ids.to(device, non_blocking=True),
         cu_seqlens=cu_seqlens.to(device, non_blocking=True),

@@ -5,7 +5,6 @@ Qdrant runs embedded (in memory, or on a local folder) by default, or as a serve
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 from collections.abc import Sequence
@@ -13,8 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
-
-logger = logging.getLogger(__name__)
 
 DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 

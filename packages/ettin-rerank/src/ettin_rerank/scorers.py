@@ -78,7 +78,7 @@ class PackedModernBertScorer:
         )
 
     def __call__(self, windows: list[Window]) -> torch.Tensor:
-        batch = pack([w.input_ids for w in windows], [w.token_type_ids for w in windows], self._device)
+        batch = pack([w.input_ids for w in windows], self._device)
         hidden = self.encode(batch)
         if self._pooling == "cls":
             pooled = hidden[batch.first_token]
