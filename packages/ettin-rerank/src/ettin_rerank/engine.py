@@ -25,7 +25,7 @@ from ettin_rerank.validation import check_documents, check_positive, check_query
 logger = logging.getLogger(__name__)
 
 Activation = Literal["none", "sigmoid"]
-DEFAULT_BATCH_TOKENS = {"cpu": 4096, "cuda": 65536}
+DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class Reranker:
             than the window (see :mod:`ettin_rerank.long_documents`).
         window_overlap: Tokens shared by consecutive windows of a long document. Defaults to 128.
         activation: ``"none"`` returns raw logits (as the models ship), ``"sigmoid"`` squashes them into (0, 1).
-        batch_tokens: Token budget of one forward pass. Defaults to 4,096 on CPU and 65,536 on CUDA.
+        batch_tokens: Token budget of one forward pass. Defaults to 2,048 on CPU and 65,536 on CUDA.
         attention: ``"sdpa"``, ``"flash_attn"`` or ``"varlen"``; ``None`` picks the fastest available.
         revision: Hub revision (branch, tag or commit) for hub ids.
         token: Hub token for private models.
