@@ -11,7 +11,6 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-SHARED_ASSETS = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
 WORDS = (
     "protein cell gene disease study results patients clinical treatment effect model analysis data risk "
     "cancer mouse brain therapy dose trial expression pathway immune response receptor signal the of and in"

@@ -47,6 +47,14 @@ def test_demo_with_a_model_folder_and_a_query(tiny_checkpoint, untrained_cache, 
     assert "embedded, " in result.stdout and str(tmp_path / "qdrant") in result.stdout
 
 
+def test_a_named_model_that_is_missing_is_an_error_not_a_fallback(untrained_cache, tmp_path):
+    result = _cli("demo", "--model", str(tmp_path / "no-such-model"),
+                  env_extra={"ETTIN_RERANK_CACHE": str(untrained_cache)})
+    assert result.returncode == 2
+    assert "not an Ettin size" in result.stderr and "Falling back" not in result.stdout
+    assert "Traceback" not in result.stderr
+
+
 def test_rerank_command_reads_jsonl_and_text(tiny_checkpoint, tmp_path, reranker):
     docs = ["bees dance to show food", "pasta needs salted water", "the tide follows the moon"]
     jsonl = tmp_path / "docs.jsonl"

@@ -36,13 +36,14 @@ def cache_folder() -> Path:
 
 
 def resolve_demo_model(model: str | None = None) -> tuple[str, bool]:
-    """``(model, untrained)``: the named model (default ``17m``) if it can be found or downloaded, else a locally
-    built untrained checkpoint of the 17m shape. Says so in one line when it falls back."""
+    """``(model, untrained)``: the named model, or by default ``17m`` if it can be found or downloaded, else a
+    locally built untrained checkpoint of the 17m shape (said in one line). A model the user names is never
+    replaced: if it cannot be found, ``ModelNotFoundError`` says so."""
     name = model or "17m"
     try:
         path = resolve_model_path(name, HubOptions())
     except ModelNotFoundError as error:
-        if model is not None and Path(model).expanduser().exists():
+        if model is not None:
             raise
         print(f"{str(error)[0].upper()}{str(error)[1:]}. Falling back to an untrained 17m-shaped checkpoint.")
         return str(untrained_checkpoint()), True
