@@ -8,7 +8,7 @@ from ettin_rerank import Reranker
 
 @pytest.mark.parametrize("query", ["", "   \n"])
 def test_empty_query_is_rejected(reranker, query):
-    with pytest.raises(ValueError, match="query must not be empty"):
+    with pytest.raises(ValueError, match="query must not be empty or only whitespace"):
         reranker.rerank(query, ["a document"])
 
 
@@ -82,11 +82,11 @@ def test_unknown_call_option_is_rejected(reranker):
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"max_length": 0}, "max_length must be a positive integer"),
+        ({"max_length": 0}, "max_length must be > 0, but got 0"),
         ({"max_length": 10**6}, "max_length must be <= the model's limit"),
         ({"long_document_strategy": "chunk"}, "long_document_strategy must be one of"),
         ({"window_overlap": -1}, "window_overlap must be an integer >= 0"),
-        ({"activation": "softmax"}, "activation must be 'none' or 'sigmoid'"),
+        ({"activation": "softmax"}, "activation must be one of none, sigmoid, calibrated"),
     ],
 )
 def test_bad_options_name_the_argument(reranker, options, message):
@@ -110,3 +110,56 @@ def test_bad_engine_arguments(tiny_checkpoint):
         Reranker(tiny_checkpoint, device="cpu", batch_tokens=0)
     with pytest.raises(ValueError, match="attention must be one of"):
         Reranker(tiny_checkpoint, device="cpu", attention="magic")
+
+
+@pytest.mark.parametrize("query", ["\u200b\u200b", "\x01\x02\x03", "\u200b \ufeff\n"])
+def test_a_query_of_invisible_characters_is_an_empty_query(reranker, query):
+    with pytest.raises(ValueError, match="query must not be empty or only whitespace, control or zero-width"):
+        reranker.rerank(query, ["a document"])
+
+
+def test_lone_surrogates_are_named_by_argument_and_position(reranker):
+    with pytest.raises(ValueError, match=r"documents\[2\] is not valid Unicode: .* at character 4"):
+        reranker.rerank("query", ["fine", "also fine", "bad \ud800 text"])
+    with pytest.raises(ValueError, match=r"^query is not valid Unicode"):
+        reranker.rerank("bad \udcff query", ["fine"])
+    with pytest.raises(ValueError, match=r"pairs\[1\]\[1\] is not valid Unicode"):
+        reranker.score_pairs([("q", "ok"), ("q", "\udc80")])
+    with pytest.raises(ValueError, match=r"documents\[1\]\[0\] is not valid Unicode"):
+        reranker.rerank_many(["q1", "q2"], [["ok"], ["\ud83d"]])
+
+
+def test_none_engine_options_mean_the_defaults(tiny_checkpoint):
+    engine = Reranker(tiny_checkpoint, device="cpu", long_document_strategy=None, window_overlap=None,
+                      activation=None)
+    assert (engine.defaults.long_document_strategy, engine.defaults.activation) == ("max", "none")
+    assert len(engine.score("q", ["d"])) == 1
+
+
+def test_a_max_length_too_small_for_any_document_fails_at_construction(tiny_checkpoint):
+    with pytest.raises(ValueError, match=r"max_length must be at least 8 \(room for the special tokens"):
+        Reranker(tiny_checkpoint, device="cpu", max_length=5)
+    assert len(Reranker(tiny_checkpoint, device="cpu", max_length=8).score("q", ["a document"])) == 1
+
+
+def test_numbers_are_accepted_as_numbers(reranker):
+    import numpy as np
+
+    assert len(reranker.rerank("query", ["a", "b", "c"], top_k=np.int64(2))) == 2
+    assert reranker.rerank("query", ["a"], score_threshold=np.float32(-1e9))
+    with pytest.raises(TypeError, match="top_k must be a positive integer or None"):
+        reranker.rerank("query", ["a"], top_k=np.float64(2.0))
+
+
+def test_bfloat16_is_never_picked_on_a_cpu_without_native_bfloat16(monkeypatch):
+    import torch
+    from ettin_rerank.device import cpu_has_native_bf16, resolve_dtype
+
+    flags = open("/proc/cpuinfo").read().split() if __import__("os").path.exists("/proc/cpuinfo") else []
+    native = "avx512_bf16" in flags or "amx_bf16" in flags
+    assert cpu_has_native_bf16() == native  # this machine, as its CPU flags say
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert resolve_dtype(None, torch.device("cpu")) == torch.float32
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert resolve_dtype(None, torch.device("cpu")) == torch.bfloat16

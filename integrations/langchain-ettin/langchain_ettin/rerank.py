@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
+import copy
 from collections.abc import Sequence
 from typing import Any
 
-from ettin_rerank import Reranker, RerankResult, shared_reranker
+from ettin_rerank.backend import open_async
+from ettin_rerank.results import RerankResult
+from ettin_rerank.validation import check_count, check_query, check_threshold
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import Field, model_validator
+
+from langchain_ettin._settings import EttinSettings
 
 
-class EttinRerank(BaseDocumentCompressor):
+class EttinRerank(EttinSettings, BaseDocumentCompressor):
     """Rerank documents with an Ettin cross-encoder; returned documents carry ``metadata["relevance_score"]``.
+
+    ``relevance_score`` is in [0, 1] by default (``activation="sigmoid"``, like Cohere's), the raw logit with
+    ``activation="none"``; the order always follows the raw logit. Each returned document also carries what the
+    engine read: ``ettin_num_tokens``, ``ettin_num_windows``, ``ettin_truncated``, ``ettin_passage_start`` /
+    ``ettin_passage_end`` (character span of the best window in ``page_content``) and ``ettin_logit``. Returned
+    documents are copies (same ``id``, own metadata); the inputs are never modified.
 
     Example:
         .. code-block:: python
@@ -24,68 +34,44 @@ class EttinRerank(BaseDocumentCompressor):
             retriever = ContextualCompressionRetriever(base_compressor=EttinRerank(top_n=5), base_retriever=base)
     """
 
-    model: str = "17m"
-    """Ettin size (``17m`` ... ``1b``), local folder or hub id."""
     top_n: int | None = Field(default=3, gt=0)
     """Number of documents to return (``None``: all)."""
     score_threshold: float | None = None
-    """Drop documents scoring below this (raw logit, or probability with ``activation="sigmoid"``)."""
-    activation: str = "none"
-    """``"none"`` for raw logits, ``"sigmoid"`` for scores in (0, 1)."""
-    device: str | None = None
-    """``"cpu"``, ``"cuda"``...; ``None`` picks CUDA when present."""
-    dtype: str | None = None
-    """``"float32"``, ``"bfloat16"`` or ``"float16"``; ``None`` is automatic."""
-    max_length: int | None = None
-    """Tokens per window; ``None`` uses the model's limit (7,999 for Ettin)."""
-    long_document_strategy: str = "max"
-    """``"max"``, ``"mean"`` or ``"truncate"`` for documents longer than the window."""
-    window_overlap: int = Field(default=128, ge=0)
-    """Tokens shared by consecutive windows of a long document."""
-    batch_tokens: int | None = None
-    """Token budget of one forward pass."""
-    trust_remote_code: bool = False
-    """Allow custom modelling code from the checkpoint."""
+    """Drop documents whose ``relevance_score`` is below this."""
 
-    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    _reranker: Reranker | None = PrivateAttr(default=None)
+    @model_validator(mode="after")
+    def _check_threshold(self) -> EttinRerank:
+        check_threshold(self.score_threshold)
+        return self
 
-    def _engine(self) -> Reranker:
-        if self._reranker is None:
-            self._reranker = shared_reranker(
-                self.model, device=self.device, dtype=self.dtype, batch_tokens=self.batch_tokens,
-                trust_remote_code=self.trust_remote_code,
-            )
-        return self._reranker
-
-    def _options(self, top_n: int | None) -> dict[str, Any]:
-        return {
-            "top_k": top_n,
-            "score_threshold": self.score_threshold,
-            "activation": self.activation,
-            "max_length": self.max_length,
-            "long_document_strategy": self.long_document_strategy,
-            "window_overlap": self.window_overlap,
-        }
+    def _arguments(self, documents: Any, query: Any, top_n: int | None) -> tuple[list[str], dict[str, Any]]:
+        check_query(query)
+        top_n = self.top_n if top_n == -1 else check_count(top_n, "top_n")
+        return _texts(documents), {"top_k": top_n, "score_threshold": self.score_threshold}
 
     def rerank(
         self, documents: Sequence[str | Document], query: str, *, top_n: int | None = -1
     ) -> list[dict[str, Any]]:
-        """Rank ``documents`` for ``query``: ``[{"index": i, "relevance_score": s}, ...]``, best first.
+        """Rank ``documents`` for ``query``: ``[{"index": i, "relevance_score": s, ...}, ...]``, best first.
 
-        ``top_n=-1`` (default) uses the field's value; ``None`` returns every document.
+        ``top_n=-1`` (default) uses the field's value; ``None`` returns every document. Each row also holds the
+        ``ettin_*`` keys described on the class.
         """
-        top_n = self.top_n if top_n == -1 else top_n
-        results = self._engine().rerank(query, _texts(documents), **self._options(top_n))
-        return _as_dicts(results)
+        texts, arguments = self._arguments(documents, query, top_n)
+        if not texts:
+            return []
+        return _as_dicts(self._open().rerank(query, texts, self._call_options(), **arguments))
 
     async def arerank(
         self, documents: Sequence[str | Document], query: str, *, top_n: int | None = -1
     ) -> list[dict[str, Any]]:
-        """:meth:`rerank` without blocking the event loop."""
-        top_n = self.top_n if top_n == -1 else top_n
-        engine = self._reranker or await asyncio.to_thread(self._engine)
-        return _as_dicts(await engine.arerank(query, _texts(documents), **self._options(top_n)))
+        """:meth:`rerank` without blocking the event loop (the model loads on a worker thread too)."""
+        texts, arguments = self._arguments(documents, query, top_n)
+        if not texts:
+            return []
+        if self._backend is None:
+            self._backend = await open_async(self._engine_spec())
+        return _as_dicts(await self._backend.arerank(query, texts, self._call_options(), **arguments))
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None
@@ -100,21 +86,31 @@ class EttinRerank(BaseDocumentCompressor):
         return _annotate(documents, await self.arerank(documents, query))
 
 
-def _texts(documents: Sequence[str | Document]) -> list[str]:
-    if isinstance(documents, str):
-        msg = "documents must be a list of strings or Documents, not a single string"
+def _texts(documents: Any) -> list[str]:
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
+        got = "a single string" if isinstance(documents, (str, bytes)) else type(documents).__name__
+        msg = f"documents must be a list of strings or Documents, but got {got}"
         raise TypeError(msg)
-    return [doc.page_content if isinstance(doc, Document) else doc for doc in documents]
+    texts = []
+    for position, doc in enumerate(documents):
+        if isinstance(doc, Document):
+            texts.append(doc.page_content)
+        elif isinstance(doc, str):
+            texts.append(doc)
+        else:
+            msg = f"documents[{position}] must be a string or a Document, but got {type(doc).__name__}"
+            raise TypeError(msg)
+    return texts
 
 
 def _as_dicts(results: list[RerankResult]) -> list[dict[str, Any]]:
-    return [{"index": r.index, "relevance_score": r.score} for r in results]
+    return [{"index": r.index, "relevance_score": r.score, **r.metadata()} for r in results]
 
 
 def _annotate(documents: Sequence[Document], ranked: list[dict[str, Any]]) -> list[Document]:
-    return [
-        documents[row["index"]].model_copy(
-            update={"metadata": {**documents[row["index"]].metadata, "relevance_score": row["relevance_score"]}}
-        )
-        for row in ranked
-    ]
+    annotated = []
+    for row in ranked:
+        document = documents[row["index"]]
+        metadata = {**copy.deepcopy(document.metadata), **{k: v for k, v in row.items() if k != "index"}}
+        annotated.append(document.model_copy(update={"metadata": metadata}))
+    return annotated

@@ -18,12 +18,12 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ettin_rerank.options import ATTENTION_BACKENDS as BACKENDS
 from ettin_rerank.packing import PackedBatch
 
 logger = logging.getLogger(__name__)
 
 AttentionFn = Callable[[torch.Tensor, PackedBatch, "int | None"], torch.Tensor]
-BACKENDS = ("sdpa", "flash_attn", "varlen")
 
 
 def sdpa_attention(qkv: torch.Tensor, batch: PackedBatch, half_window: int | None) -> torch.Tensor:

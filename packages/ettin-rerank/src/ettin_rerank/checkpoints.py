@@ -92,8 +92,16 @@ def build_untrained_checkpoint(
     model.save_pretrained(str(folder))
     shutil.rmtree(backbone_dir)
     (folder / UNTRAINED_MARKER).write_text(f"random weights, Ettin {shape.size} shape, seed {seed}\n")
+    _make_readable(folder)
     logger.info("Built an untrained Ettin %s checkpoint in %s", shape.size, folder)
     return folder
+
+
+def _make_readable(folder: Path) -> None:
+    """Files readable by everyone and folders listable, like any other files (some writers create them 0600)."""
+    for path in [folder, *folder.rglob("*")]:
+        mode = path.stat().st_mode
+        path.chmod(mode | (0o755 if path.is_dir() else 0o644))
 
 
 def is_untrained(folder: str | Path) -> bool:

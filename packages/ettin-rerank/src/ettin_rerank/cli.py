@@ -1,52 +1,53 @@
-"""Command line: ``ettin-rerank models | rerank | demo | eval | build-untrained``."""
+"""Command line: ``ettin-rerank models | rerank | serve | demo | eval | build-untrained``.
+
+Thin: each command parses its arguments, then calls one entry point; errors reach the user as one line.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
+from ettin_rerank.activation import ACTIVATIONS
+from ettin_rerank.errors import MissingExtraError
+from ettin_rerank.inputs import FORMATS
 from ettin_rerank.long_documents import STRATEGIES
 from ettin_rerank.models import ETTIN_SHAPES
 
 
-def _add_engine_options(parser: argparse.ArgumentParser, default_model: str | None = "17m") -> None:
-    parser.add_argument("--model", default=default_model, help="Ettin size (17m ... 1b), folder or hub id")
+def _add_engine_options(parser: argparse.ArgumentParser, default_model: str | None = "17m",
+                        repeatable_model: bool = False) -> None:
+    if repeatable_model:
+        parser.add_argument("--model", action="append", default=None,
+                            help="reranker to compare: Ettin size, folder or hub id (repeatable; default: 17m)")
+    else:
+        parser.add_argument("--model", default=default_model, help="Ettin size (17m ... 1b), folder or hub id")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if available)")
     parser.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: automatic)")
     parser.add_argument("--max-length", type=int, default=None, help="tokens per window (default: model limit)")
     parser.add_argument("--long-document-strategy", choices=STRATEGIES, default="max")
+    parser.add_argument("--window-overlap", type=int, default=None,
+                        help="tokens shared by consecutive windows of a long document (default: 128)")
+    parser.add_argument("--max-tokens-per-doc", type=int, default=None,
+                        help="read at most this many tokens of each document (default: no cap)")
     parser.add_argument("--batch-tokens", type=int, default=None, help="token budget of one forward pass")
 
 
-def _engine_kwargs(args: argparse.Namespace) -> dict:
+def engine_kwargs(args: argparse.Namespace) -> dict:
+    """The ``Reranker`` arguments given by :func:`_add_engine_options` (model excluded)."""
     return {
         "device": args.device,
         "dtype": args.dtype,
         "max_length": args.max_length,
         "long_document_strategy": args.long_document_strategy,
+        "window_overlap": args.window_overlap,
+        "max_tokens_per_doc": args.max_tokens_per_doc,
         "batch_tokens": args.batch_tokens,
     }
-
-
-def _read_documents(source: str) -> list[str]:
-    """Documents from a JSONL file (``text`` field, ``title`` prepended if present), a text file, or ``-``."""
-    text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
-    lines = [line for line in text.splitlines() if line.strip()]
-    if lines and all(line.lstrip().startswith("{") for line in lines):
-        documents = []
-        for number, line in enumerate(lines, 1):
-            record = json.loads(line)
-            if "text" not in record:
-                msg = f"{source}: line {number} has no 'text' field"
-                raise ValueError(msg)
-            title = record.get("title")
-            documents.append(f"{title}\n{record['text']}" if title else record["text"])
-        return documents
-    return lines
 
 
 def _cmd_models(_: argparse.Namespace) -> int:
@@ -61,10 +62,17 @@ def _cmd_models(_: argparse.Namespace) -> int:
 
 def _cmd_rerank(args: argparse.Namespace) -> int:
     from ettin_rerank.engine import Reranker
+    from ettin_rerank.inputs import read_documents
+    from ettin_rerank.validation import check_encodable, check_query, check_top_k
 
-    documents = _read_documents(args.documents)
-    reranker = Reranker(args.model, activation=args.activation, **_engine_kwargs(args))
-    for rank, hit in enumerate(reranker.rerank(args.query, documents, top_k=args.top_k, return_documents=True), 1):
+    check_query(args.query)
+    check_encodable([args.query], lambda _: "the query")
+    check_top_k(args.top_k, "--top-k")
+    documents = read_documents(args.documents, args.format)
+    reranker = Reranker(args.model, activation=args.activation, **engine_kwargs(args))
+    results = reranker.rerank(args.query, documents, top_k=args.top_k, return_documents=True)
+    sys.stdout.reconfigure(encoding="utf-8")
+    for rank, hit in enumerate(results, 1):
         row = {
             "rank": rank,
             "index": hit.index,
@@ -93,9 +101,54 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from ettin_rerank.evaluation import run_eval_command
+    from ettin_rerank.evaluation.run import run_eval_command
 
     return run_eval_command(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ettin_rerank.serving import ServerConfig, serve
+    from ettin_rerank.serving.config import API_KEY_ENV
+
+    config = ServerConfig(
+        model=args.model, served_model_name=args.served_model_name, device=args.device, dtype=args.dtype,
+        attention=args.attention, max_batch_tokens=args.max_batch_tokens, max_batch_pairs=args.max_batch_pairs,
+        max_queued_tokens=args.max_queued_tokens, max_documents=args.max_documents, max_body_bytes=args.max_body_bytes,
+        request_timeout_s=args.request_timeout, merge_requests=not args.no_merge,
+        max_tokens_per_doc=args.max_tokens_per_doc, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        strict_model_name=args.strict_model_name,
+    )
+    serve(config, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    return 0
+
+
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    from ettin_rerank.backend import ADAPTER_MAX_TOKENS_PER_DOC
+
+    serve = commands.add_parser("serve", help="rerank server for Cohere / Jina / TEI / infinity clients "
+                                "(needs ettin-rerank[server])")
+    serve.add_argument("--model", default="17m", help="Ettin size (17m ... 1b), folder or hub id")
+    serve.add_argument("--served-model-name", default=None, help="the model name responses report")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set ETTIN_API_KEY)")
+    serve.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps ... (default: automatic)")
+    serve.add_argument("--dtype", default=None, help="float32, bfloat16 or float16 (default: automatic)")
+    serve.add_argument("--attention", default=None, help="sdpa, flash_attn or varlen (default: fastest)")
+    serve.add_argument("--max-batch-tokens", type=int, default=None, help="token budget of one forward pass")
+    serve.add_argument("--max-batch-pairs", type=int, default=None, help="windows per forward pass at most")
+    serve.add_argument("--max-queued-tokens", type=int, default=None,
+                       help="tokens waiting for the model before 429 (default: 8 batches)")
+    serve.add_argument("--max-documents", type=int, default=1000, help="documents per request at most")
+    serve.add_argument("--max-body-bytes", type=int, default=2_000_000, help="request body size at most")
+    serve.add_argument("--request-timeout", type=float, default=60.0, help="seconds a request may wait (then 503)")
+    serve.add_argument("--max-tokens-per-doc", type=int, default=ADAPTER_MAX_TOKENS_PER_DOC,
+                       help="default cap on tokens read per document")
+    serve.add_argument("--no-merge", action="store_true",
+                       help="run each request's windows on their own (for comparison; slower)")
+    serve.add_argument("--strict-model-name", action="store_true",
+                       help="answer 404 to requests naming another model (default: ignore the name)")
+    serve.set_defaults(func=_cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,10 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     rerank = commands.add_parser("rerank", help="rerank documents for a query; JSON lines out, best first")
     rerank.add_argument("query")
     rerank.add_argument("documents", help="JSONL file ('text', optional 'title'), text file (one per line) or -")
+    rerank.add_argument("--format", choices=FORMATS, default="auto",
+                        help="jsonl or lines; auto: by suffix (.jsonl/.json/.ndjson), else by the first line")
     rerank.add_argument("--top-k", type=int, default=None)
-    rerank.add_argument("--activation", choices=("none", "sigmoid"), default="none")
+    rerank.add_argument("--activation", choices=ACTIVATIONS, default="none")
     _add_engine_options(rerank)
     rerank.set_defaults(func=_cmd_rerank)
+
+    _add_serve_parser(commands)
 
     build = commands.add_parser("build-untrained", help="write a random-weight Ettin-layout checkpoint")
     build.add_argument("folder")
@@ -129,8 +186,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--show", type=int, default=5, help="rows printed per query")
     demo.set_defaults(func=_cmd_demo)
 
-    evaluate = commands.add_parser("eval", help="NDCG@10 / Recall / MRR of retrieval vs retrieval + rerank")
-    _add_engine_options(evaluate, default_model=None)
+    evaluate = commands.add_parser("eval", help="NDCG@10 / Recall / MRR of retrieval vs retrieval + rerank, "
+                                   "for one or several rerankers on the same candidates")
+    _add_engine_options(evaluate, default_model=None, repeatable_model=True)
     evaluate.add_argument("data", help="BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--top-k", type=int, default=100, help="documents retrieved, then reranked")
@@ -139,21 +197,36 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--qdrant-url", default=None)
     evaluate.add_argument("--output", default="eval-results", help="folder for the JSON result and the plot")
     evaluate.add_argument("--no-rerank", action="store_true", help="retrieval only")
+    evaluate.add_argument("--allow-duplicates", action="store_true",
+                          help="keep the first of duplicate corpus ids (with a warning) instead of failing")
     evaluate.set_defaults(func=_cmd_eval)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``ettin-rerank`` command."""
+    """Entry point of the ``ettin-rerank`` command: exit 0 on success, 2 with one line on stderr for an error."""
     args = build_parser().parse_args(argv)
     package_logger = logging.getLogger("ettin_rerank")
-    package_logger.addHandler(logging.StreamHandler())
+    if not package_logger.handlers:
+        package_logger.addHandler(logging.StreamHandler())
     package_logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
     try:
         return args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError) as error:
+    except BrokenPipeError:  # output piped into `head` and the like: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except KeyboardInterrupt:
+        print("ettin-rerank: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, TypeError, OSError, RuntimeError, MissingExtraError) as error:
         print(f"ettin-rerank: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug of ours: still one line, the traceback on request
+        if args.verbose:
+            raise
+        print(f"ettin-rerank: internal error: {type(error).__name__}: {error} (run with -v for the traceback)",
+              file=sys.stderr)
+        return 70
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from pathlib import Path
 from ettin_rerank.checkpoints import build_untrained_checkpoint, is_untrained
 from ettin_rerank.engine import Reranker
 from ettin_rerank.errors import ModelNotFoundError
+from ettin_rerank.evaluation.retrieval import QdrantRetriever, default_embedding_model
 from ettin_rerank.loading import HubOptions, resolve_model_path
-from ettin_rerank.retrieval import QdrantRetriever, default_embedding_model
 
 DEMO_QUERIES = (
     "How do I reset the battery after it overheats?",
@@ -72,6 +72,8 @@ def run_demo(args: argparse.Namespace) -> int:
     """``ettin-rerank demo``: print a before/after table with timings per stage for each query."""
     from transformers.utils import logging as transformers_logging
 
+    from ettin_rerank.cli import engine_kwargs
+
     transformers_logging.disable_progress_bar()
     corpus = demo_corpus()
     model, untrained = resolve_demo_model(args.model)
@@ -84,8 +86,7 @@ def run_demo(args: argparse.Namespace) -> int:
         [{"title": d["title"], "text": d["text"]} for d in corpus],
     )
     start = time.perf_counter()
-    reranker = Reranker(model, device=args.device, dtype=args.dtype, max_length=args.max_length,
-                        long_document_strategy=args.long_document_strategy, batch_tokens=args.batch_tokens)
+    reranker = Reranker(model, **engine_kwargs(args))
     load_reranker = time.perf_counter() - start
     print(f"Corpus: {len(corpus)} documents ({sum(len(d['text'].split()) > 500 for d in corpus)} long), "
           f"embedded with {embedding_label(retriever.embedding_model)} into Qdrant ({retriever.location}) "

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
-import asyncio
-from typing import Any
+import copy
+from typing import Any, Literal
 
 import llama_index.core.instrumentation as instrument
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
 from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from ettin_rerank import Reranker, RerankResult, shared_reranker
+from ettin_rerank.backend import (
+    ADAPTER_MAX_TOKENS_PER_DOC,
+    Backend,
+    EngineSpec,
+    RemoteBackend,
+    RemoteSpec,
+    adapter_options,
+    open_async,
+)
+from ettin_rerank.options import RerankOptions
+from ettin_rerank.results import METADATA_KEYS, RerankResult
+from ettin_rerank.validation import check_query, check_threshold
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -20,67 +31,131 @@ dispatcher = instrument.get_dispatcher(__name__)
 class EttinRerank(BaseNodePostprocessor):
     """Rerank nodes with an Ettin cross-encoder (or any Sentence Transformers CrossEncoder).
 
-    Long nodes are read whole, up to the model's 8K-token window; longer ones follow ``long_document_strategy``.
+    ``node.score`` is a relevance in [0, 1] by default (``activation="sigmoid"``, as ``SentenceTransformerRerank``
+    gives), the raw logit with ``activation="none"``; the order always follows the raw logit. Long nodes are read
+    whole, up to the model's 8K-token window; longer ones follow ``long_document_strategy``. Each returned node's
+    metadata says what was read (``ettin_num_tokens``, ``ettin_num_windows``, ``ettin_truncated``,
+    ``ettin_passage_start``/``ettin_passage_end``: the character span of the best window, ``ettin_logit``); these
+    keys are excluded from the LLM and embedding views of the node. The caller's nodes are never modified.
+
+    With ``base_url``, the work goes to an ettin-rerank server (``ettin-rerank serve``) with the same results.
 
     Example:
         ```python
         from llama_index.postprocessor.ettin_rerank import EttinRerank
 
         query_engine = index.as_query_engine(similarity_top_k=20, node_postprocessors=[EttinRerank(top_n=5)])
+        # or, against a shared server: EttinRerank(top_n=5, base_url="http://127.0.0.1:8080")
         ```
     """
 
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
     model: str = Field(default="17m", description="Ettin size (17m ... 1b), local folder or hub id.")
     top_n: int = Field(default=2, gt=0, description="Number of nodes to return, best first.")
-    device: str | None = Field(default=None, description="'cpu', 'cuda', 'cuda:1'...; None picks CUDA if present.")
-    dtype: str | None = Field(default=None, description="'float32', 'bfloat16' or 'float16'; None is automatic.")
+    activation: Literal["sigmoid", "none", "calibrated"] = Field(
+        default="sigmoid", description="'sigmoid': scores in [0, 1]; 'none': raw logits; 'calibrated': fitted map."
+    )
+    score_threshold: float | None = Field(default=None, description="Drop nodes scoring below this.")
     keep_retrieval_score: bool = Field(
         default=False, description="Keep the retrieval score in the returned node's metadata as 'retrieval_score'."
     )
+    device: str | None = Field(default=None, description="'cpu', 'cuda', 'mps'...; None picks CUDA, MPS, then CPU.")
+    dtype: str | None = Field(default=None, description="'float32', 'bfloat16' or 'float16'; None is automatic.")
     max_length: int | None = Field(default=None, description="Tokens per window; None uses the model's limit.")
-    long_document_strategy: str = Field(default="max", description="'max', 'mean' or 'truncate' past the window.")
-    window_overlap: int = Field(default=128, ge=0, description="Tokens shared by consecutive windows.")
+    long_document_strategy: Literal["max", "mean", "truncate"] = Field(
+        default="max", description="What to do past the window: best window, mean of windows, or the head only."
+    )
+    window_overlap: int | None = Field(default=None, ge=0, description="Tokens shared by consecutive windows.")
+    max_tokens_per_doc: int | None = Field(
+        default=ADAPTER_MAX_TOKENS_PER_DOC, description="Read at most this many tokens of a node (None: all)."
+    )
     batch_tokens: int | None = Field(default=None, description="Token budget of one forward pass.")
+    attention: str | None = Field(default=None, description="'sdpa', 'flash_attn', 'varlen'; None: fastest.")
+    revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of the model.")
+    token: str | None = Field(default=None, exclude=True, description="Hugging Face token for private models.")
+    cache_folder: str | None = Field(default=None, description="Hugging Face cache folder.")
+    local_files_only: bool = Field(default=False, description="Never contact the Hugging Face hub.")
     trust_remote_code: bool = Field(default=False, description="Allow custom modelling code from the checkpoint.")
+    base_url: str | None = Field(
+        default=None, description="An ettin-rerank server (`ettin-rerank serve`) to send the work to, instead of "
+        "loading the model here; the results are the same.")
+    api_key: str | None = Field(default=None, exclude=True, description="The server's API key, if it needs one.")
+    timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for the server.")
 
-    _reranker: Reranker | None = PrivateAttr(default=None)
+    _backend: Backend | RemoteBackend | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _check_arguments(self) -> EttinRerank:
+        """Every argument is checked at construction, before any model is loaded."""
+        self._engine_spec()
+        self._call_options()
+        check_threshold(self.score_threshold)
+        return self
 
     @classmethod
     def class_name(cls) -> str:
         return "EttinRerank"
 
-    def _engine(self) -> Reranker:
-        if self._reranker is None:
-            self._reranker = shared_reranker(
-                self.model, device=self.device, dtype=self.dtype, batch_tokens=self.batch_tokens,
-                trust_remote_code=self.trust_remote_code,
-            )
-        return self._reranker
+    def _engine_spec(self) -> EngineSpec | RemoteSpec:
+        if self.base_url is not None:
+            return RemoteSpec(self.base_url, api_key=self.api_key, timeout=self.timeout)
+        return EngineSpec(
+            model=self.model, device=self.device, dtype=self.dtype, revision=self.revision, token=self.token,
+            cache_folder=self.cache_folder, local_files_only=self.local_files_only, attention=self.attention,
+            batch_tokens=self.batch_tokens, trust_remote_code=self.trust_remote_code,
+        )
 
-    def _call_options(self) -> dict[str, Any]:
-        return {
-            "max_length": self.max_length,
-            "long_document_strategy": self.long_document_strategy,
-            "window_overlap": self.window_overlap,
-        }
+    def _call_options(self) -> RerankOptions:
+        return adapter_options(
+            max_length=self.max_length, long_document_strategy=self.long_document_strategy,
+            window_overlap=self.window_overlap, max_tokens_per_doc=self.max_tokens_per_doc,
+            activation=self.activation,
+        )
 
-    def _texts(self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None) -> list[str]:
+    def _open(self) -> Backend | RemoteBackend:
+        if self._backend is None:
+            self._backend = self._engine_spec().open()
+        return self._backend
+
+    def close(self) -> None:
+        """Give the shared model back (the last user frees it); the next call loads it again."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def _texts(self, nodes: Any, query_bundle: QueryBundle | None) -> list[str]:
         if query_bundle is None:
             msg = "Missing query bundle in extra info."
             raise ValueError(msg)
+        check_query(query_bundle.query_str, "query_str")
+        if not isinstance(nodes, list):
+            msg = f"nodes must be a list of NodeWithScore, but got {type(nodes).__name__}"
+            raise TypeError(msg)
+        for position, node in enumerate(nodes):
+            if not isinstance(node, NodeWithScore):
+                msg = f"nodes[{position}] must be a NodeWithScore, but got {type(node).__name__}"
+                raise TypeError(msg)
         dispatcher.event(
             ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model)
         )
         return [node.node.get_content(metadata_mode=MetadataMode.EMBED) for node in nodes]
 
     def _new_nodes(self, nodes: list[NodeWithScore], results: list[RerankResult]) -> list[NodeWithScore]:
-        """New ``NodeWithScore`` objects; the caller's nodes and their metadata are left as they were."""
+        """New ``NodeWithScore`` objects on copies of the nodes; the caller's nodes are left as they were."""
         reranked = []
         for result in results:
             original = nodes[result.index]
             node = original.node
+            metadata = {**copy.deepcopy(node.metadata), **result.metadata()}
             if self.keep_retrieval_score:
-                node = node.model_copy(update={"metadata": {**node.metadata, "retrieval_score": original.score}})
+                metadata["retrieval_score"] = original.score
+            hidden = [*METADATA_KEYS, *(["retrieval_score"] if self.keep_retrieval_score else [])]
+            node = node.model_copy(update={
+                "metadata": metadata,
+                "excluded_llm_metadata_keys": _union(node.excluded_llm_metadata_keys, hidden),
+                "excluded_embed_metadata_keys": _union(node.excluded_embed_metadata_keys, hidden),
+            })
             reranked.append(NodeWithScore(node=node, score=result.score))
         dispatcher.event(ReRankEndEvent(nodes=reranked))
         return reranked
@@ -100,7 +175,8 @@ class EttinRerank(BaseNodePostprocessor):
         if not nodes:
             return self._new_nodes(nodes, [])
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._event_payload(nodes, query_bundle)) as e:
-            results = self._engine().rerank(query_bundle.query_str, texts, top_k=self.top_n, **self._call_options())
+            results = self._open().rerank(query_bundle.query_str, texts, self._call_options(), top_k=self.top_n,
+                                          score_threshold=self.score_threshold)
             reranked = self._new_nodes(nodes, results)
             e.on_end(payload={EventPayload.NODES: reranked})
         return reranked
@@ -111,9 +187,15 @@ class EttinRerank(BaseNodePostprocessor):
         texts = self._texts(nodes, query_bundle)
         if not nodes:
             return self._new_nodes(nodes, [])
-        engine = self._reranker or await asyncio.to_thread(self._engine)
+        if self._backend is None:
+            self._backend = await open_async(self._engine_spec())
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._event_payload(nodes, query_bundle)) as e:
-            results = await engine.arerank(query_bundle.query_str, texts, top_k=self.top_n, **self._call_options())
+            results = await self._backend.arerank(query_bundle.query_str, texts, self._call_options(),
+                                                  top_k=self.top_n, score_threshold=self.score_threshold)
             reranked = self._new_nodes(nodes, results)
             e.on_end(payload={EventPayload.NODES: reranked})
         return reranked
+
+
+def _union(keys: list[str], extra: list[str]) -> list[str]:
+    return [*keys, *(key for key in extra if key not in keys)]

@@ -1,0 +1,162 @@
+"""What the framework adapters stand on: one place that loads (or reaches) the reranker and ranks texts.
+
+An adapter describes the model it wants with :class:`EngineSpec` (a model loaded in this process) or
+:class:`RemoteSpec` (an ettin-rerank server), both checked at construction with nothing loaded; it opens a backend
+on first use and calls ``rerank``/``arerank``. Both backends return the same results, so moving a RAG app from
+in-process to a shared server is one argument. The adapters only translate between their framework's objects and
+texts/results. Imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ettin_rerank.options import ATTENTION_BACKENDS, DTYPE_NAMES, RerankOptions
+from ettin_rerank.validation import check_count
+
+if TYPE_CHECKING:
+    from ettin_rerank.engine import Reranker
+    from ettin_rerank.results import RerankResult
+
+ADAPTER_MAX_TOKENS_PER_DOC = 16_384
+"""Adapters read at most this many tokens of a document by default (two 8K windows): a 200,000-character node
+costs seconds, not minutes. Set ``max_tokens_per_doc=None`` to read everything."""
+
+
+@dataclass(frozen=True)
+class EngineSpec:
+    """Which reranker to load and how to run it; checked when built, loaded only by :meth:`open`."""
+
+    model: str = "17m"
+    device: str | None = None
+    dtype: str | None = None
+    revision: str | None = None
+    token: str | bool | None = field(default=None, repr=False)
+    cache_folder: str | None = None
+    local_files_only: bool = False
+    attention: str | None = None
+    batch_tokens: int | None = None
+    batch_size: int | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, (str, os.PathLike)) or not str(self.model).strip():
+            msg = f"model must be an Ettin size (17m ... 1b), a folder or a hub id, but got {self.model!r}"
+            raise ValueError(msg)
+        if self.dtype is not None and str(self.dtype).removeprefix("torch.") not in DTYPE_NAMES:
+            msg = f"dtype must be one of {', '.join(DTYPE_NAMES)} or None, but got {self.dtype!r}"
+            raise ValueError(msg)
+        if self.attention is not None and self.attention not in ATTENTION_BACKENDS:
+            msg = f"attention must be one of {', '.join(ATTENTION_BACKENDS)} or None, but got {self.attention!r}"
+            raise ValueError(msg)
+        check_count(self.batch_tokens, "batch_tokens")
+        check_count(self.batch_size, "batch_size")
+
+    def open(self) -> Backend:
+        """Load (or reuse) the shared engine for this spec."""
+        from ettin_rerank.shared import shared_reranker
+
+        return Backend(shared_reranker(
+            str(self.model), device=self.device, dtype=self.dtype, revision=self.revision, token=self.token,
+            cache_folder=self.cache_folder, local_files_only=self.local_files_only, attention=self.attention,
+            batch_tokens=self.batch_tokens, batch_size=self.batch_size, trust_remote_code=self.trust_remote_code,
+        ))
+
+
+class Backend:
+    """A reference to a shared engine; ``close()`` gives it back (the last one frees the model).
+
+    Copying it (``copy.deepcopy`` of an adapter) takes another reference instead of copying the model.
+    """
+
+    def __init__(self, engine: Reranker) -> None:
+        self.engine = engine
+        self._closed = False
+
+    def rerank(self, query: str, documents: Sequence[str], options: RerankOptions, *, top_k: int | None = None,
+               score_threshold: float | None = None) -> list[RerankResult]:
+        return self.engine.rerank(query, documents, top_k, score_threshold=score_threshold, **options.as_dict())
+
+    async def arerank(self, query: str, documents: Sequence[str], options: RerankOptions, *,
+                      top_k: int | None = None, score_threshold: float | None = None) -> list[RerankResult]:
+        return await self.engine.arerank(query, documents, top_k, score_threshold=score_threshold,
+                                         **options.as_dict())
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], options: RerankOptions) -> list[float]:
+        return self.engine.score_pairs(pairs, **options.as_dict())
+
+    def close(self) -> None:
+        if not self._closed:
+            from ettin_rerank.shared import release_shared
+
+            self._closed = True
+            release_shared(self.engine)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Backend:
+        from ettin_rerank.shared import retain_shared
+
+        retain_shared(self.engine)
+        return Backend(self.engine)
+
+
+async def open_async(spec: EngineSpec | RemoteSpec) -> Backend | RemoteBackend:
+    """:meth:`EngineSpec.open` on a worker thread, so a cold load never blocks the event loop."""
+    return await asyncio.to_thread(spec.open)
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    """An ettin-rerank server to send the work to (``ettin-rerank serve``)."""
+
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
+            msg = f"base_url must be an http(s) URL such as 'http://127.0.0.1:8080', but got {self.base_url!r}"
+            raise ValueError(msg)
+        if not self.timeout > 0:
+            msg = f"timeout must be > 0, but got {self.timeout!r}"
+            raise ValueError(msg)
+
+    def open(self) -> RemoteBackend:
+        from ettin_rerank.client import RemoteReranker
+
+        return RemoteBackend(RemoteReranker(self.base_url, api_key=self.api_key, timeout=self.timeout), self)
+
+
+class RemoteBackend:
+    """The :class:`Backend` interface over a server."""
+
+    def __init__(self, client: Any, spec: RemoteSpec) -> None:
+        self.client = client
+        self.spec = spec
+
+    def rerank(self, query: str, documents: Sequence[str], options: RerankOptions, *, top_k: int | None = None,
+               score_threshold: float | None = None) -> list[RerankResult]:
+        return self.client.rerank(query, documents, top_k, score_threshold=score_threshold, **options.as_dict())
+
+    async def arerank(self, query: str, documents: Sequence[str], options: RerankOptions, *,
+                      top_k: int | None = None, score_threshold: float | None = None) -> list[RerankResult]:
+        return await self.client.arerank(query, documents, top_k, score_threshold=score_threshold,
+                                         **options.as_dict())
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], options: RerankOptions) -> list[float]:
+        return self.client.score_pairs(pairs, **options.as_dict())
+
+    def close(self) -> None:
+        self.client.close()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> RemoteBackend:
+        return self.spec.open()
+
+
+def adapter_options(**values: Any) -> RerankOptions:
+    """The per-call options of an adapter, checked now: like the engine's, except that a query too long for the
+    window is cut with a warning (a hard error is right in the engine's strict mode, wrong in a RAG pipeline)."""
+    return RerankOptions(truncate_query=True, **values)

@@ -1,0 +1,286 @@
+"""Windows from many requests -> shared token-budget forward passes -> each request's scores. No HTTP here.
+
+One worker thread owns the engine. Requests (``Job``s) queue their windows; the worker builds each batch by taking
+windows from every waiting request in turn, oldest request first, until the token budget is full, so pairs from
+concurrent requests share forward passes and a 1,000-document request never makes a 20-document one wait for all
+of it. Work whose caller has gone (cancelled, or past its deadline) is dropped before it reaches the model. The
+queue is bounded in tokens: past the bound :meth:`Batcher.score` raises :class:`QueueFullError` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ettin_rerank.tokenization import Window
+
+logger = logging.getLogger(__name__)
+
+
+class QueueFullError(Exception):
+    """The queue holds too many tokens; ``retry_after_s`` estimates when there will be room."""
+
+    def __init__(self, queued_tokens: int, retry_after_s: int) -> None:
+        super().__init__(f"the model queue is full ({queued_tokens} tokens waiting)")
+        self.retry_after_s = retry_after_s
+
+
+class TooLargeError(ValueError):
+    """One request holds more tokens than the whole queue may: it could never be admitted."""
+
+
+class DeadlineExceededError(Exception):
+    """The request waited longer than its deadline; its remaining work was dropped."""
+
+
+class BatcherStoppedError(Exception):
+    """The worker is stopping or has stopped: no new work is accepted."""
+
+
+@dataclass(eq=False)
+class _Job:
+    windows: Sequence[Window]
+    future: asyncio.Future
+    loop: asyncio.AbstractEventLoop
+    deadline: float
+    enqueued: float
+    order: list[int] = field(init=False)
+    scores: list[float] = field(init=False)
+    tokens: int = field(init=False)
+    cursor: int = 0
+    remaining: int = field(init=False)
+    started: bool = False
+    cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        self.order = sorted(range(len(self.windows)), key=lambda i: -len(self.windows[i].input_ids))
+        self.scores = [math.nan] * len(self.windows)
+        self.tokens = sum(len(w.input_ids) for w in self.windows)
+        self.remaining = len(self.windows)
+
+    @property
+    def pending(self) -> bool:
+        return self.cursor < len(self.order)
+
+    def next_length(self) -> int:
+        return len(self.windows[self.order[self.cursor]].input_ids)
+
+    def pending_tokens(self) -> int:
+        return sum(len(self.windows[i].input_ids) for i in self.order[self.cursor:])
+
+
+class BatchStats:
+    """Hooks the worker calls (the server counts them as Prometheus metrics); all no-ops here."""
+
+    def batch(self, pairs: int, tokens: int, requests: int, seconds: float) -> None: ...
+
+    def queue_wait(self, seconds: float) -> None: ...
+
+    def queued(self, tokens: int, pairs: int) -> None: ...
+
+
+class Batcher:
+    """Scores windows of concurrent requests in shared forward passes.
+
+    Args:
+        score_windows: The engine's ``score_windows`` (raw scores of a list of windows, in order).
+        max_batch_tokens: Cost budget of one pass: ``windows x longest window``.
+        max_batch_pairs: At most this many windows in one pass (``None``: only the budget).
+        max_queued_tokens: Tokens allowed to wait; more raises :class:`QueueFullError`.
+        merge_requests: Share passes between requests (``False``: each pass holds one request's windows).
+        stats: Receives per-batch measurements.
+    """
+
+    def __init__(
+        self,
+        score_windows: Callable[[list[Window]], Sequence[float]],
+        *,
+        max_batch_tokens: int,
+        max_batch_pairs: int | None = None,
+        max_queued_tokens: int,
+        merge_requests: bool = True,
+        stats: BatchStats | None = None,
+    ) -> None:
+        self._score_windows = score_windows
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_pairs = max_batch_pairs
+        self.max_queued_tokens = max_queued_tokens
+        self.merge_requests = merge_requests
+        self._stats = stats or BatchStats()
+        self._jobs: deque[_Job] = deque()
+        self._queued_tokens = 0
+        self._condition = threading.Condition()
+        self._stopping = False
+        self._tokens_per_s = 0.0
+        self._thread = threading.Thread(target=self._run, name="ettin-rerank-batcher", daemon=True)
+
+    # ------------------------------------------------------------------ lifetime
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, *, drain: bool = True, timeout: float | None = None) -> None:
+        """Refuse new work; finish what is queued (``drain``) or drop it, then end the worker."""
+        with self._condition:
+            self._stopping = True
+            if not drain:
+                for job in self._jobs:
+                    self._fail(job, BatcherStoppedError("the server is shutting down"))
+                self._jobs.clear()
+                self._queued_tokens = 0
+            self._condition.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stopping
+
+    @property
+    def queued_tokens(self) -> int:
+        return self._queued_tokens
+
+    def retry_after_s(self) -> int:
+        """Seconds until the queued work is likely done (at least 1)."""
+        if self._tokens_per_s <= 0:
+            return 1
+        return max(1, math.ceil(self._queued_tokens / self._tokens_per_s))
+
+    # ------------------------------------------------------------------ submitting
+
+    async def score(self, windows: Sequence[Window], *, timeout_s: float) -> list[float]:
+        """Raw scores of ``windows`` (in order), computed together with other callers' windows.
+
+        Raises:
+            TooLargeError: at once, when these windows alone are more than the queue may hold.
+            QueueFullError: at once, when the queue cannot take these windows now.
+            DeadlineExceededError: the work did not finish within ``timeout_s``.
+            BatcherStoppedError: the worker is stopping or dead.
+        """
+        if not windows:
+            return []
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        job = _Job(windows=windows, future=loop.create_future(), loop=loop, deadline=now + timeout_s, enqueued=now)
+        with self._condition:
+            if self._stopping or not self._thread.is_alive():
+                msg = "the model worker is not running"
+                raise BatcherStoppedError(msg)
+            if job.tokens > self.max_queued_tokens:
+                msg = (f"the request holds {job.tokens} tokens, more than the server queues at once "
+                       f"({self.max_queued_tokens}); split it into smaller requests")
+                raise TooLargeError(msg)
+            if self._queued_tokens + job.tokens > self.max_queued_tokens:
+                raise QueueFullError(self._queued_tokens, self.retry_after_s())
+            self._jobs.append(job)
+            self._queued_tokens += job.tokens
+            self._stats.queued(self._queued_tokens, sum(len(j.order) - j.cursor for j in self._jobs))
+            self._condition.notify()
+        try:
+            return await asyncio.wait_for(asyncio.shield(job.future), timeout=max(0.0, job.deadline - now))
+        except asyncio.TimeoutError:
+            job.cancelled = True
+            msg = f"the request waited {timeout_s:g} s for the model"
+            raise DeadlineExceededError(msg) from None
+        except asyncio.CancelledError:
+            job.cancelled = True  # the caller went away: the worker drops what is left
+            raise
+
+    # ------------------------------------------------------------------ worker
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while not self._jobs and not self._stopping:
+                    self._condition.wait()
+                self._drop_abandoned()
+                if not self._jobs:
+                    if self._stopping:
+                        return
+                    continue
+                batch = self._take_batch()
+            self._execute(batch)
+
+    def _drop_abandoned(self) -> None:
+        now = time.monotonic()
+        for job in list(self._jobs):
+            if job.cancelled or job.deadline <= now:
+                self._jobs.remove(job)
+                self._queued_tokens -= job.pending_tokens()
+                if not job.cancelled:
+                    self._fail(job, DeadlineExceededError("the deadline passed while the request waited"))
+
+    def _take_batch(self) -> list[tuple[_Job, int]]:
+        """Windows for one pass: each waiting request in turn (oldest first), longest windows of each first."""
+        jobs = [job for job in self._jobs if job.pending]
+        if not self.merge_requests:
+            jobs = jobs[:1]
+        batch: list[tuple[_Job, int]] = []
+        longest = 0
+        progress = True
+        while progress:
+            progress = False
+            for job in jobs:
+                if not job.pending:
+                    continue
+                length = job.next_length()
+                grown = max(longest, length)
+                if batch and ((len(batch) + 1) * grown > self.max_batch_tokens or len(batch) == self.max_batch_pairs):
+                    continue
+                batch.append((job, job.order[job.cursor]))
+                job.cursor += 1
+                longest = grown
+                progress = True
+                if not job.started:
+                    job.started = True
+                    self._stats.queue_wait(time.monotonic() - job.enqueued)
+        for job, index in batch:
+            self._queued_tokens -= len(job.windows[index].input_ids)
+        self._jobs = deque(job for job in self._jobs if job.pending or job.remaining)
+        self._stats.queued(self._queued_tokens, sum(len(j.order) - j.cursor for j in self._jobs))
+        return batch
+
+    def _execute(self, batch: list[tuple[_Job, int]]) -> None:
+        windows = [job.windows[index] for job, index in batch]
+        tokens = sum(len(w.input_ids) for w in windows)
+        start = time.perf_counter()
+        try:
+            scores = self._score_windows(windows)
+        except Exception as error:  # a failed pass fails its requests, not the server
+            logger.exception("a forward pass of %d windows failed", len(windows))
+            for job in {job for job, _ in batch}:
+                job.cancelled = True
+                self._fail(job, error)
+            return
+        seconds = time.perf_counter() - start
+        self._tokens_per_s = tokens / seconds if self._tokens_per_s == 0 else (
+            0.8 * self._tokens_per_s + 0.2 * tokens / max(seconds, 1e-6))
+        self._stats.batch(len(windows), tokens, len({id(job) for job, _ in batch}), seconds)
+        for (job, index), score in zip(batch, scores, strict=True):
+            job.scores[index] = float(score)
+            job.remaining -= 1
+            if job.remaining == 0 and not job.cancelled:
+                job.loop.call_soon_threadsafe(_resolve, job.future, job.scores)
+        with self._condition:
+            self._jobs = deque(job for job in self._jobs if job.pending or job.remaining)
+
+    @staticmethod
+    def _fail(job: _Job, error: BaseException) -> None:
+        job.loop.call_soon_threadsafe(_reject, job.future, error)
+
+
+def _resolve(future: asyncio.Future, value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _reject(future: asyncio.Future, error: BaseException) -> None:
+    if not future.done():
+        future.set_exception(error)
