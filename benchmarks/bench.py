@@ -26,7 +26,6 @@ import platform
 import random
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np
 import torch
 from ettin_rerank import Reranker, build_untrained_checkpoint, ettin_shape
+from ettin_rerank.evaluation.memory import PeakMemory
 from scipy.stats import spearmanr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,59 +84,6 @@ def _text(rng: random.Random, words: int) -> str:
 
 
 # ----------------------------------------------------------------------------- measuring
-
-
-class PeakMemory:
-    """Peak resident memory (CPU, sampled every 2 ms) or peak allocated memory (CUDA) above the level at entry,
-    in MiB: the working memory of one call, with the model's weights already loaded."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.peak_mib = 0.0
-
-    def __enter__(self) -> PeakMemory:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self._base = torch.cuda.memory_allocated()
-        else:
-            _release_freed_memory()
-            self._base = _rss()
-            self._peak = self._base
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, daemon=True)
-            self._thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.002):
-            self._peak = max(self._peak, _rss())
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            self.peak_mib = (torch.cuda.max_memory_allocated() - self._base) / 2**20
-        else:
-            self._stop.set()
-            self._thread.join()
-            self.peak_mib = (max(self._peak, _rss()) - self._base) / 2**20
-
-
-def _release_freed_memory() -> None:
-    """Hand memory freed by earlier variants back to the OS (glibc), so each variant's growth is its own."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def _rss() -> int:
-    with open("/proc/self/statm") as statm:
-        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 @dataclass

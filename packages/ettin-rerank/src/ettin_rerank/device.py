@@ -49,3 +49,32 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return _DTYPES[dtype.removeprefix("torch.")]
     msg = f"dtype must be one of float32, bfloat16, float16 (or None for automatic), but got {dtype!r}"
     raise ValueError(msg)
+
+
+def cpu_capability() -> dict[str, object]:
+    """What this CPU offers the engine: PyTorch's vector ISA (``AVX2``, ``AVX512``...), native bfloat16 (AVX-512
+    BF16 / AMX) and the model name, recorded with every benchmark result (CPUs differ between machines)."""
+    import os
+    import platform
+
+    model = platform.processor() or platform.machine()
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name") and ":" in line:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags") and ":" in line:
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "isa": torch.backends.cpu.get_cpu_capability(),
+        "avx512": "avx512f" in flags,
+        "avx512_bf16": "avx512_bf16" in flags,
+        "amx": "amx_tile" in flags,
+        "native_bf16": cpu_has_native_bf16(),
+    }

