@@ -1,4 +1,4 @@
-"""Command line: ``ettin-rerank models | rerank | serve | demo | eval | build-untrained``.
+"""Command line: ``ettin-rerank models | rerank | serve | batch | demo | eval | build-untrained``.
 
 Thin: each command parses its arguments, then calls one entry point; errors reach the user as one line.
 """
@@ -118,7 +118,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_tokens_per_doc=args.max_tokens_per_doc, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         strict_model_name=args.strict_model_name,
     )
-    serve(config, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+    if not args.ray:
+        serve(config, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+        return 0
+    from ettin_rerank.serving.ray import run
+
+    autoscale = None
+    if args.autoscale:
+        low, _, high = args.autoscale.partition(":")
+        autoscale = (int(low), int(high or low))
+    run(config, host=args.host, port=args.port, address=args.ray_address, replicas=args.replicas,
+        autoscale=autoscale, cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica)
     return 0
 
 
@@ -148,7 +158,50 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
                        help="run each request's windows on their own (for comparison; slower)")
     serve.add_argument("--strict-model-name", action="store_true",
                        help="answer 404 to requests naming another model (default: ignore the name)")
+    ray = serve.add_argument_group("Ray Serve (needs ettin-rerank[ray])")
+    ray.add_argument("--ray", action="store_true", help="serve on Ray Serve: replicas, autoscaling, several nodes")
+    ray.add_argument("--ray-address", default=None, help="an existing cluster ('auto', 'ray://head:10001'); "
+                     "default: start Ray here")
+    ray.add_argument("--replicas", type=int, default=1, help="replicas (each loads the model once)")
+    ray.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="autoscale between MIN and MAX replicas")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0)
+    ray.add_argument("--gpus-per-replica", type=float, default=0.0, help="fractions share a GPU (0.25: four)")
     serve.set_defaults(func=_cmd_serve)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from ettin_rerank.batch import BatchConfig, rerank_file, rerank_with_ray
+
+    config = BatchConfig(model=args.model, query_column=args.query_column, document_column=args.document_column,
+                         score_column=args.score_column, rank=args.rank, group_column=args.group_column,
+                         activation=args.activation, engine_options=engine_kwargs(args))
+    if args.ray_address is None:
+        rows = rerank_file(args.input, args.output, config)
+    else:
+        rows = rerank_with_ray(args.input, args.output, config, address=args.ray_address, actors=args.actors,
+                               cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor)
+    print(f"scored {rows} pairs into {args.output}")
+    return 0
+
+
+def _add_batch_parser(commands: argparse._SubParsersAction) -> None:
+    batch = commands.add_parser("batch", help="score (query, document) rows of Parquet/JSONL into Parquet, here or "
+                                "on Ray Data (needs ettin-rerank[batch] or [ray])")
+    batch.add_argument("input", help="Parquet file or folder, or JSONL file, with query and document columns")
+    batch.add_argument("output", help="Parquet output (a file here; a folder of files on Ray)")
+    _add_engine_options(batch)
+    batch.add_argument("--query-column", default="query")
+    batch.add_argument("--document-column", default="document")
+    batch.add_argument("--score-column", default="score")
+    batch.add_argument("--rank", action="store_true", help="add 'rank' (1 = best) within each query")
+    batch.add_argument("--group-column", default=None, help="column that identifies a query (default: its text)")
+    batch.add_argument("--activation", choices=ACTIVATIONS, default="none")
+    batch.add_argument("--ray-address", default=None, help="run on Ray Data: 'local' (start Ray here), 'auto', or a "
+                       "cluster address; default: in this process, no cluster")
+    batch.add_argument("--actors", type=int, default=1, help="Ray actors, each with one copy of the model")
+    batch.add_argument("--cpus-per-actor", type=float, default=1.0)
+    batch.add_argument("--gpus-per-actor", type=float, default=0.0)
+    batch.set_defaults(func=_cmd_batch)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
     rerank.set_defaults(func=_cmd_rerank)
 
     _add_serve_parser(commands)
+    _add_batch_parser(commands)
 
     build = commands.add_parser("build-untrained", help="write a random-weight Ettin-layout checkpoint")
     build.add_argument("folder")

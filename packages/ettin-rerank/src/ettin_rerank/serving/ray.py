@@ -1,0 +1,153 @@
+"""The rerank server as a Ray Serve application, for users who outgrow one machine.
+
+Every replica runs the same FastAPI app as ``ettin-rerank serve`` (all routes, the same wire formats and errors),
+loads the engine once, and batches the requests it holds with the same token-budget batcher, so scores equal the
+in-process engine's. Serve's own queue is bounded (``max_queued_requests``; its default is unbounded) and answers
+429 with ``Retry-After`` when full; each replica's token queue answers 429 too. Fractional GPUs
+(``gpus_per_replica=0.25``) let small models share a card.
+
+Python::
+
+    from ray import serve
+    from ettin_rerank.serving import ServerConfig
+    from ettin_rerank.serving.ray import build_app
+
+    serve.run(build_app(ServerConfig(model="150m"), replicas=4, gpus_per_replica=0.5), route_prefix="/")
+
+``serve run`` / a Serve config YAML (``import_path: ettin_rerank.serving.ray:app_builder``)::
+
+    serve run ettin_rerank.serving.ray:app_builder model=150m replicas=4 gpus_per_replica=0.5
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import fields
+from typing import Any
+
+from ettin_rerank.errors import MissingExtraError
+from ettin_rerank.serving.app import create_app
+from ettin_rerank.serving.config import ServerConfig
+
+try:
+    from ray import serve
+    from ray.serve.config import BackpressureConfig
+except ImportError:
+    raise MissingExtraError(extra="ray", missing="ray[serve]") from None
+
+
+@serve.ingress()
+class EttinReranker:
+    """One replica: the server app built on the replica itself (the model loads in the app's lifespan)."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+
+    def __serve_build_asgi_app__(self) -> Any:
+        return create_app(self.config)
+
+
+def build_app(
+    config: ServerConfig | None = None,
+    *,
+    replicas: int = 1,
+    autoscale: tuple[int, int] | None = None,
+    cpus_per_replica: float = 1.0,
+    gpus_per_replica: float = 0.0,
+    max_ongoing_requests: int = 64,
+    max_queued_requests: int = 256,
+    retry_after_s: int = 1,
+    target_ongoing_requests: float = 16,
+) -> serve.Application:
+    """A bound Serve application of the rerank server.
+
+    Args:
+        config: The server configuration of each replica (model, limits, API key...).
+        replicas: Fixed number of replicas (ignored with ``autoscale``).
+        autoscale: ``(min, max)`` replicas; Serve scales on ``target_ongoing_requests`` per replica.
+        cpus_per_replica, gpus_per_replica: Ray resources of each replica (fractions allowed).
+        max_ongoing_requests: Requests a replica holds at once; the ones it holds are merged into shared forward
+            passes, so keep it well above 1 (Serve's default of 5 merges little).
+        max_queued_requests: Requests waiting in Serve's router; past it, 429 with ``Retry-After``.
+        retry_after_s: The ``Retry-After`` of Serve's 429.
+        target_ongoing_requests: Autoscaling target per replica.
+    """
+    config = config or ServerConfig()
+    if replicas < 1 or (autoscale is not None and not 1 <= autoscale[0] <= autoscale[1]):
+        msg = f"replicas must be >= 1 and autoscale (min, max) with 1 <= min <= max, got {replicas}, {autoscale}"
+        raise ValueError(msg)
+    options: dict[str, Any] = {
+        "ray_actor_options": {"num_cpus": cpus_per_replica, "num_gpus": gpus_per_replica},
+        "max_ongoing_requests": max_ongoing_requests,
+        "max_queued_requests": max_queued_requests,
+        "backpressure_config": BackpressureConfig(status_code=429, retry_after_s=retry_after_s),
+        "health_check_period_s": 10,
+        "health_check_timeout_s": 60,
+    }
+    if autoscale is None:
+        options["num_replicas"] = replicas
+    else:
+        options["autoscaling_config"] = {"min_replicas": autoscale[0], "max_replicas": autoscale[1],
+                                         "target_ongoing_requests": target_ongoing_requests}
+    deployment = serve.deployment(EttinReranker).options(name="EttinReranker", **options)
+    return deployment.bind(config)
+
+
+_BUILD_OPTIONS = {"replicas": int, "cpus_per_replica": float, "gpus_per_replica": float, "max_ongoing_requests": int,
+                  "max_queued_requests": int, "retry_after_s": int, "target_ongoing_requests": float}
+
+
+def app_builder(args: dict[str, str]) -> serve.Application:
+    """For ``serve run ettin_rerank.serving.ray:app_builder key=value ...`` and Serve config files: ``ServerConfig``
+    fields (``model=150m``, ``api_key=...``) and :func:`build_app` options (``replicas=4``, ``autoscale=1:8``)."""
+    config_fields = {f.name: f.type for f in fields(ServerConfig)}
+    config: dict[str, Any] = {}
+    options: dict[str, Any] = {}
+    for key, value in args.items():
+        if key == "autoscale":
+            low, _, high = str(value).partition(":")
+            options["autoscale"] = (int(low), int(high or low))
+        elif key in _BUILD_OPTIONS:
+            options[key] = _BUILD_OPTIONS[key](value)
+        elif key in config_fields:
+            config[key] = _parse_field(str(config_fields[key]), value)
+        else:
+            msg = f"unknown argument {key!r}: use ServerConfig fields or {', '.join([*_BUILD_OPTIONS, 'autoscale'])}"
+            raise ValueError(msg)
+    return build_app(ServerConfig(**config), **options)
+
+
+def _parse_field(kind: str, value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    if value.lower() in ("none", "null"):
+        return None
+    if kind.startswith("bool"):
+        return value.lower() in ("1", "true", "yes", "on")
+    if kind.startswith("int"):
+        return int(value)
+    if kind.startswith("float"):
+        return float(value)
+    return value
+
+
+def run(config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8080, address: str | None = None,
+        **build_options: Any) -> None:
+    """``ettin-rerank serve --ray``: connect to (or start) Ray, serve the app, block until SIGINT/SIGTERM, then
+    shut the application down (each replica finishes what it accepted)."""
+    import signal
+
+    import ray
+
+    ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port})
+    serve.run(build_app(config, **build_options), name="ettin-rerank", route_prefix="/")
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        stop.wait()
+    finally:
+        serve.delete("ettin-rerank")
+        serve.shutdown()
+        ray.shutdown()
