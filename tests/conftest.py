@@ -18,12 +18,13 @@ WORDS = (
 
 
 def pytest_collection_modifyitems(config, items):
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    manual = pytest.mark.skip(reason="takes minutes: set ETTIN_RUN_MANUAL=1 to run it")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
+        if "manual" in item.keywords and os.environ.get("ETTIN_RUN_MANUAL") != "1":
+            item.add_marker(manual)
 
 
 @pytest.fixture(scope="session")

@@ -78,13 +78,18 @@ class Backend:
         self._closed = False
 
     def rerank(self, query: str, documents: Sequence[str], options: RerankOptions, *, top_k: int | None = None,
-               score_threshold: float | None = None) -> list[RerankResult]:
-        return self.engine.rerank(query, documents, top_k, score_threshold=score_threshold, **options.as_dict())
+               score_threshold: float | None = None, fusion: Fusion | None = None) -> list[RerankResult]:
+        if fusion is None:
+            return self.engine.rerank(query, documents, top_k, score_threshold=score_threshold, **options.as_dict())
+        return fusion.rank(self.engine.rerank(query, documents, **options.as_dict()), top_k, score_threshold)
 
     async def arerank(self, query: str, documents: Sequence[str], options: RerankOptions, *,
-                      top_k: int | None = None, score_threshold: float | None = None) -> list[RerankResult]:
-        return await self.engine.arerank(query, documents, top_k, score_threshold=score_threshold,
-                                         **options.as_dict())
+                      top_k: int | None = None, score_threshold: float | None = None,
+                      fusion: Fusion | None = None) -> list[RerankResult]:
+        if fusion is None:
+            return await self.engine.arerank(query, documents, top_k, score_threshold=score_threshold,
+                                             **options.as_dict())
+        return fusion.rank(await self.engine.arerank(query, documents, **options.as_dict()), top_k, score_threshold)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], options: RerankOptions) -> list[float]:
         return self.engine.score_pairs(pairs, **options.as_dict())
@@ -138,13 +143,18 @@ class RemoteBackend:
         self.spec = spec
 
     def rerank(self, query: str, documents: Sequence[str], options: RerankOptions, *, top_k: int | None = None,
-               score_threshold: float | None = None) -> list[RerankResult]:
-        return self.client.rerank(query, documents, top_k, score_threshold=score_threshold, **options.as_dict())
+               score_threshold: float | None = None, fusion: Fusion | None = None) -> list[RerankResult]:
+        if fusion is None:
+            return self.client.rerank(query, documents, top_k, score_threshold=score_threshold, **options.as_dict())
+        return fusion.rank(self.client.rerank(query, documents, **options.as_dict()), top_k, score_threshold)
 
     async def arerank(self, query: str, documents: Sequence[str], options: RerankOptions, *,
-                      top_k: int | None = None, score_threshold: float | None = None) -> list[RerankResult]:
-        return await self.client.arerank(query, documents, top_k, score_threshold=score_threshold,
-                                         **options.as_dict())
+                      top_k: int | None = None, score_threshold: float | None = None,
+                      fusion: Fusion | None = None) -> list[RerankResult]:
+        if fusion is None:
+            return await self.client.arerank(query, documents, top_k, score_threshold=score_threshold,
+                                             **options.as_dict())
+        return fusion.rank(await self.client.arerank(query, documents, **options.as_dict()), top_k, score_threshold)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], options: RerankOptions) -> list[float]:
         return self.client.score_pairs(pairs, **options.as_dict())
@@ -154,6 +164,43 @@ class RemoteBackend:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> RemoteBackend:
         return self.spec.open()
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Rank by ``weight * retriever + (1 - weight) * reranker`` (min-max normalised per list) instead of the reranker
+    alone; ``retrieval[i]`` is input ``i``'s retriever score. The fused value becomes the reported score."""
+
+    weight: float
+    retrieval: Sequence[float]
+
+    @classmethod
+    def of(cls, weight: float | None, retrieval: Sequence[float | None]) -> Fusion | None:
+        """``None`` without a weight; an error naming the document when a retriever score is missing."""
+        if weight is None:
+            return None
+        missing = [i for i, score in enumerate(retrieval) if score is None]
+        if missing:
+            msg = (f"fusion_weight needs each document's retrieval score; documents[{missing[0]}] has none "
+                   "(set fusion_weight=None, or give the retriever's scores)")
+            raise ValueError(msg)
+        return cls(weight, [float(score) for score in retrieval])
+
+    def rank(self, results: list[RerankResult], top_k: int | None,
+             score_threshold: float | None) -> list[RerankResult]:
+        from ettin_rerank.fusion import rank_fused
+
+        return rank_fused(results, self.retrieval, self.weight, top_k=top_k, score_threshold=score_threshold)
+
+
+def check_fusion_weight(weight: Any) -> float | None:
+    """``None`` or a number in [0, 1] (the tuned ``alpha`` of ``ettin-rerank eval --fusion``)."""
+    if weight is None:
+        return None
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1:
+        msg = f"fusion_weight must be a number between 0 and 1 (or None), but got {weight!r}"
+        raise ValueError(msg)
+    return float(weight)
 
 
 def adapter_options(**values: Any) -> RerankOptions:

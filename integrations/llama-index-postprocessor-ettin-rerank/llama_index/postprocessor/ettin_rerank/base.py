@@ -16,9 +16,11 @@ from ettin_rerank.backend import (
     ADAPTER_MAX_TOKENS_PER_DOC,
     Backend,
     EngineSpec,
+    Fusion,
     RemoteBackend,
     RemoteSpec,
     adapter_options,
+    check_fusion_weight,
     open_async,
 )
 from ettin_rerank.options import RerankOptions
@@ -57,6 +59,9 @@ class EttinRerank(BaseNodePostprocessor):
         default="sigmoid", description="'sigmoid': scores in [0, 1]; 'none': raw logits; 'calibrated': fitted map."
     )
     score_threshold: float | None = Field(default=None, description="Drop nodes scoring below this.")
+    fusion_weight: float | None = Field(
+        default=None, description="Rank by fusion_weight * retrieval score + (1 - fusion_weight) * reranker score "
+        "(each min-max normalised per query; tune it with `ettin-rerank eval --fusion`); None: the reranker alone.")
     keep_retrieval_score: bool = Field(
         default=False, description="Keep the retrieval score in the returned node's metadata as 'retrieval_score'."
     )
@@ -91,6 +96,7 @@ class EttinRerank(BaseNodePostprocessor):
         self._engine_spec()
         self._call_options()
         check_threshold(self.score_threshold)
+        check_fusion_weight(self.fusion_weight)
         return self
 
     @classmethod
@@ -160,6 +166,9 @@ class EttinRerank(BaseNodePostprocessor):
         dispatcher.event(ReRankEndEvent(nodes=reranked))
         return reranked
 
+    def _fusion(self, nodes: list[NodeWithScore]) -> Fusion | None:
+        return Fusion.of(self.fusion_weight, [node.score for node in nodes])
+
     def _event_payload(self, nodes: list[NodeWithScore], query_bundle: QueryBundle) -> dict[str, Any]:
         return {
             EventPayload.NODES: nodes,
@@ -176,7 +185,7 @@ class EttinRerank(BaseNodePostprocessor):
             return self._new_nodes(nodes, [])
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._event_payload(nodes, query_bundle)) as e:
             results = self._open().rerank(query_bundle.query_str, texts, self._call_options(), top_k=self.top_n,
-                                          score_threshold=self.score_threshold)
+                                          score_threshold=self.score_threshold, fusion=self._fusion(nodes))
             reranked = self._new_nodes(nodes, results)
             e.on_end(payload={EventPayload.NODES: reranked})
         return reranked
@@ -191,7 +200,8 @@ class EttinRerank(BaseNodePostprocessor):
             self._backend = await open_async(self._engine_spec())
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._event_payload(nodes, query_bundle)) as e:
             results = await self._backend.arerank(query_bundle.query_str, texts, self._call_options(),
-                                                  top_k=self.top_n, score_threshold=self.score_threshold)
+                                                  top_k=self.top_n, score_threshold=self.score_threshold,
+                                                  fusion=self._fusion(nodes))
             reranked = self._new_nodes(nodes, results)
             e.on_end(payload={EventPayload.NODES: reranked})
         return reranked

@@ -69,6 +69,7 @@ class ModelResult:
     pairs_per_s: float
     peak_memory_mib: float
     run: Run = field(repr=False, default_factory=dict)
+    fusion: dict[str, Any] | None = None
 
 
 def retrieve(data: BeirData, retriever: QdrantRetriever, top_k: int) -> Retrieved:
@@ -145,15 +146,18 @@ def run_eval_command(args: argparse.Namespace) -> int:
 
     check_count(args.top_k, "--top-k", allow_none=False)
     check_count(args.max_queries, "--max-queries")
+    check_count(args.fusion_queries, "--fusion-queries", allow_none=False)
     output = Path(args.output)
     _check_output(output)
     names = [] if args.no_rerank else (args.model or ["17m"])
     models = [(name, *resolve_demo_model(name if args.model else None)) for name in names]  # fail before the work
     data = load_beir(args.data, args.split, args.max_queries, allow_duplicates=args.allow_duplicates)
+    dev = fusion_dev_queries(args, data) if args.fusion and names else None
     print(f"{Path(args.data).name} {args.split}: {len(data.queries)} queries, {len(data.corpus)} documents, "
           f"top-{args.top_k}")
     retriever = QdrantRetriever(args.embedding_model, url=args.qdrant_url, collection="ettin-eval")
     retrieved = retrieve(data, retriever, args.top_k)
+    dev_hits = retriever.search(list(dev.queries.values()), args.top_k) if dev else None
     record: dict[str, Any] = {
         "settings": {"data": str(args.data), "split": args.split, "queries": len(data.queries),
                      "documents": len(data.corpus), "top_k": args.top_k, "embedding_model": retriever.embedding_model},
@@ -165,6 +169,9 @@ def run_eval_command(args: argparse.Namespace) -> int:
         label = f"{name}{' (UNTRAINED)' if untrained else ''}"
         with Reranker(path, show_progress_bar=False, **engine_kwargs(args)) as reranker:
             result = rerank_candidates(data, retrieved, reranker, top_k=args.top_k, model=name, label=label)
+            if dev:
+                result.fusion = fusion_result(data, dev, dev_hits=dev_hits, retrieved=retrieved, result=result,
+                                              reranker=reranker, top_k=args.top_k)
         results.append(result)
         record["models"].append({k: v for k, v in asdict(result).items() if k != "run"} | {"untrained": untrained})
         _write(output, record)
@@ -176,6 +183,52 @@ def run_eval_command(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class FusionDev:
+    """Labelled dev queries to tune the fusion weight on, disjoint from the evaluated ones."""
+
+    split: str
+    queries: dict[str, str]
+    qrels: Qrels
+
+
+def fusion_dev_queries(args: argparse.Namespace, test: BeirData) -> FusionDev:
+    """``--fusion-split`` (default ``dev`` when the folder has it, else ``train``), never a query of the evaluated
+    split, at most ``--fusion-queries``."""
+    split = args.fusion_split or ("dev" if (Path(args.data) / "qrels" / "dev.tsv").is_file() else "train")
+    if split == args.split:
+        msg = f"--fusion-split {split} is the evaluated split: tuning there would leak the test queries"
+        raise ValueError(msg)
+    dev = load_beir(args.data, split, allow_duplicates=args.allow_duplicates)
+    kept = [q for q in dev.queries if q not in test.queries][: args.fusion_queries]
+    if not kept:
+        msg = f"split {split} has no query outside the evaluated split to tune the fusion weight on"
+        raise ValueError(msg)
+    return FusionDev(split, {q: dev.queries[q] for q in kept}, {q: dev.qrels[q] for q in kept})
+
+
+def fusion_result(data: BeirData, dev: FusionDev, *, dev_hits: list[list[Hit]], retrieved: Retrieved,
+                  result: ModelResult, reranker: Reranker, top_k: int) -> dict[str, Any]:
+    """Tune alpha on the dev queries, then report the fused ranking of the evaluated queries."""
+    from ettin_rerank.evaluation.significance import paired_bootstrap, per_query_ndcg
+    from ettin_rerank.fusion import FusionQuery, fuse, tune_alpha
+
+    items = {}
+    for qid, hits in zip(dev.queries, dev_hits, strict=True):
+        rows = reranker.rerank(dev.queries[qid], [data.document_text(h.doc_id) for h in hits])
+        items[qid] = FusionQuery(dev.qrels[qid], {h.doc_id: h.score for h in hits},
+                                 {hits[r.index].doc_id: r.logit for r in rows})
+    alpha, dev_ndcg = tune_alpha(items)
+    fused_run = {}
+    for qid in retrieved.query_ids:
+        ids = list(retrieved.run[qid])
+        fused_run[qid] = dict(zip(ids, fuse([retrieved.run[qid][d] for d in ids], [result.run[qid][d] for d in ids],
+                                            alpha), strict=True))
+    verdict = paired_bootstrap(per_query_ndcg(data.qrels, retrieved.run), per_query_ndcg(data.qrels, fused_run))
+    return {"alpha": alpha, "dev_split": dev.split, "dev_queries": len(items), "dev_ndcg@10": dev_ndcg,
+            "metrics": metrics(data.qrels, fused_run, top_k), "vs_retrieval": str(verdict)}
+
+
 def _print_table(retrieved: Retrieved, results: list[ModelResult]) -> None:
     names = list(retrieved.metrics)
     print(f"{'':<28}" + "".join(f"{n:>11}" for n in names) + f"{'pairs/s':>10}{'peak MiB':>10}")
@@ -183,5 +236,11 @@ def _print_table(retrieved: Retrieved, results: list[ModelResult]) -> None:
     for result in results:
         print(f"{'+ ' + result.label:<28}" + "".join(f"{result.metrics[n]:>11.4f}" for n in names)
               + f"{result.pairs_per_s:>10.1f}{result.peak_memory_mib:>10.0f}")
+        if result.fusion:
+            fused = result.fusion
+            print(f"{'  fused, alpha=' + format(fused['alpha'], '.2f'):<28}"
+                  + "".join(f"{fused['metrics'][n]:>11.4f}" for n in names)
+                  + f"   vs retrieval: {fused['vs_retrieval']} (alpha tuned on {fused['dev_queries']} "
+                  f"{fused['dev_split']} queries)")
     seconds = ", ".join(f"{k} {v:.1f}" for k, v in retrieved.seconds.items())
     print(f"seconds: {seconds}" + "".join(f"; {r.label} {r.seconds:.1f}" for r in results))

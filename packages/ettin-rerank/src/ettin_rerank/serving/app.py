@@ -213,7 +213,7 @@ def create_app(config: ServerConfig | None = None, *, engine: Any = None) -> Fas
             _check_model(infinity.model, config)
             texts, _ = _document_texts(infinity.documents, None)
             ranked = await run(request, infinity.query, texts, top_k=_top_n(infinity.top_n),
-                               options=_options(config, activation="none" if infinity.raw_scores else "sigmoid"))
+                               options=_options(config, activation="none" if infinity.raw_scores else None))
             results = [{"relevance_score": r.score, "index": r.index,
                         **({"document": texts[r.index]} if infinity.return_documents else {})}
                        for r in ranked.results]
@@ -226,7 +226,7 @@ def create_app(config: ServerConfig | None = None, *, engine: Any = None) -> Fas
         if tei.truncation_direction:
             extra["truncation_direction"] = tei.truncation_direction.lower()
         ranked = await run(request, tei.query, texts, top_k=None,
-                           options=_options(config, activation="none" if tei.raw_scores else "sigmoid", **extra))
+                           options=_options(config, activation="none" if tei.raw_scores else None, **extra))
         return [{"index": r.index, "score": r.score, **({"text": texts[r.index]} if tei.return_text else {})}
                 for r in ranked.results]
 
@@ -348,7 +348,7 @@ def _top_n(top_n: int | None) -> int | None:
 
 
 def _options(config: ServerConfig, **given: Any) -> dict[str, Any]:
-    options = {"activation": "sigmoid", "max_tokens_per_doc": config.max_tokens_per_doc}
+    options = {"activation": config.activation, "max_tokens_per_doc": config.max_tokens_per_doc}
     options.update({name: value for name, value in given.items() if value is not None})
     return options
 

@@ -31,6 +31,8 @@ class ServerConfig:
         max_tokens_per_doc: Default cap on the tokens read per document (Cohere's ``max_tokens_per_doc``).
         api_key: Require ``Authorization: Bearer <key>`` (``None``: open; read from ``ETTIN_API_KEY`` by the CLI).
         strict_model_name: Reject requests whose ``model`` is not the served name (404) instead of ignoring it.
+        activation: ``relevance_score`` as the ``sigmoid`` of the logit (default) or ``calibrated`` (the model's
+            ``calibration.json``); TEI's ``raw_scores`` still gives the logit.
     """
 
     model: str = "17m"
@@ -49,6 +51,7 @@ class ServerConfig:
     api_key: str | None = field(default=None, repr=False)
     strict_model_name: bool = False
     local_files_only: bool = False
+    activation: str = "sigmoid"
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_batch_pairs", "max_queued_tokens", "max_tokens_per_doc"):
@@ -57,6 +60,9 @@ class ServerConfig:
         check_count(self.max_body_bytes, "max_body_bytes", allow_none=False)
         if not self.request_timeout_s > 0:
             msg = f"request_timeout_s must be > 0, but got {self.request_timeout_s}"
+            raise ValueError(msg)
+        if self.activation not in ("sigmoid", "calibrated"):
+            msg = f"activation must be 'sigmoid' or 'calibrated', but got {self.activation!r}"
             raise ValueError(msg)
         if self.api_key is not None and not self.api_key.strip():
             msg = "api_key must not be empty (use None for an open server)"

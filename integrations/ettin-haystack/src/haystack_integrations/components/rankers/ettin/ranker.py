@@ -11,9 +11,11 @@ from ettin_rerank.backend import (
     ADAPTER_MAX_TOKENS_PER_DOC,
     Backend,
     EngineSpec,
+    Fusion,
     RemoteBackend,
     RemoteSpec,
     adapter_options,
+    check_fusion_weight,
     open_async,
 )
 from ettin_rerank.options import RerankOptions
@@ -28,6 +30,7 @@ _PLAIN_INIT_PARAMETERS = (
     "embedding_separator", "scale_score", "calibration_factor", "score_threshold", "trust_remote_code",
     "tokenizer_kwargs", "config_kwargs", "backend", "batch_size", "dtype", "max_length", "long_document_strategy",
     "window_overlap", "max_tokens_per_doc", "batch_tokens", "attention", "revision", "cache_folder", "url", "timeout",
+    "calibrated", "fusion_weight",
 )
 _ATTENTION_FROM_TRANSFORMERS = {"flash_attention_2": "flash_attn", "sdpa": "sdpa", "eager": "sdpa"}
 
@@ -90,6 +93,8 @@ class EttinRanker:
         url: str | None = None,
         api_key: Secret | None = Secret.from_env_var("ETTIN_API_KEY", strict=False),  # noqa: B008
         timeout: float = 60.0,
+        calibrated: bool = False,
+        fusion_weight: float | None = None,
     ) -> None:
         """
         Creates an EttinRanker; every argument is checked now, nothing is loaded until `warm_up()` or `run()`.
@@ -129,6 +134,11 @@ class EttinRanker:
             in this process; the results are the same.
         :param api_key: The server's API key (default: the `ETTIN_API_KEY` environment variable, if set).
         :param timeout: Seconds to wait for the server.
+        :param calibrated: With `scale_score`, report the model's calibrated probability of relevance
+            (`ettin-rerank calibrate`) instead of the plain sigmoid.
+        :param fusion_weight: Rank by `fusion_weight * retrieval score + (1 - fusion_weight) * reranker score`
+            (each min-max normalised; the incoming `Document.score` is the retrieval score; tune it with
+            `ettin-rerank eval --fusion`). `None`: the reranker alone.
         :raises ValueError: If an argument is out of range (`top_k` not > 0, an unknown strategy...).
         """
         check_top_k(top_k)
@@ -163,6 +173,8 @@ class EttinRanker:
         self.url = url
         self.api_key = api_key
         self.timeout = timeout
+        self.calibrated = calibrated
+        self.fusion_weight = check_fusion_weight(fusion_weight)
         self._spec = self._engine_spec()
         self._options = self._call_options(scale_score, calibration_factor)
         self._backend: Backend | RemoteBackend | None = None
@@ -210,7 +222,8 @@ class EttinRanker:
         return adapter_options(
             max_length=self.max_length or max_length, long_document_strategy=self.long_document_strategy,
             window_overlap=self.window_overlap, max_tokens_per_doc=self.max_tokens_per_doc,
-            activation="sigmoid" if scale_score else "none", calibration_factor=calibration_factor,
+            activation=("calibrated" if self.calibrated else "sigmoid") if scale_score else "none",
+            calibration_factor=calibration_factor,
         )
 
     def warm_up(self) -> None:
@@ -287,6 +300,7 @@ class EttinRanker:
             "top_k": check_top_k(top_k if top_k is not None else self.top_k),
             "score_threshold": score_threshold if score_threshold is not None else self.score_threshold,
             "options": options,
+            "fusion": Fusion.of(self.fusion_weight, [doc.score for doc in unique]),
         }
         return self.query_prefix + query + self.query_suffix, unique, texts, arguments
 

@@ -1,0 +1,166 @@
+"""Calibration: a two-parameter map from raw logits to the probability that a document is relevant.
+
+The released Ettin rerankers emit logits from about -12 to 22 (their teacher's scale); a plain sigmoid of that is a
+relevance *score*, not a probability. Platt scaling fits ``p = sigmoid(slope * logit + intercept)`` to labelled
+(query, document) pairs by maximum likelihood; the fit is stored as ``calibration.json`` in the model folder and
+used by ``activation="calibrated"`` in the engine, the adapters and the server. Reported: expected calibration
+error (ECE) before (plain sigmoid) and after, on held-out queries.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ettin_rerank.activation import CALIBRATION_FILE, Calibration, sigmoid
+
+
+def fit_platt(logits: Sequence[float], labels: Sequence[float], *, iterations: int = 100) -> Calibration:
+    """Maximum-likelihood ``(slope, intercept)`` (Platt's smoothed targets): Newton's method with a backtracking
+    line search, on standardised logits (plain Newton diverges from a poor start on logits as wide as -12..22)."""
+    x = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    if len(x) != len(y) or len(x) < 2:
+        msg = "calibration needs at least 2 (logit, label) pairs of the same length"
+        raise ValueError(msg)
+    positives, negatives = float((y > 0).sum()), float((y <= 0).sum())
+    if positives == 0 or negatives == 0:
+        msg = "calibration needs both relevant and non-relevant examples"
+        raise ValueError(msg)
+    target = np.where(y > 0, (positives + 1) / (positives + 2), 1 / (negatives + 2))  # Platt (1999)
+    center, scale = float(x.mean()), float(x.std()) or 1.0
+    z = (x - center) / scale
+
+    def loss(w: np.ndarray) -> float:
+        margin = w[0] * z + w[1]
+        return float(np.sum(np.logaddexp(0.0, margin) - target * margin))
+
+    w = np.zeros(2)
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-(w[0] * z + w[1])))
+        gradient = np.array([np.sum((p - target) * z), np.sum(p - target)])
+        weight = np.maximum(p * (1 - p), 1e-12)
+        hessian = np.array([[np.sum(weight * z * z), np.sum(weight * z)], [np.sum(weight * z), np.sum(weight)]])
+        step = np.linalg.solve(hessian + 1e-9 * np.eye(2), gradient)
+        size, current = 1.0, loss(w)
+        while size > 1e-6 and loss(w - size * step) > current:
+            size /= 2
+        w = w - size * step
+        if np.abs(size * step).max() < 1e-10:
+            break
+    slope = w[0] / scale
+    return Calibration(slope=float(slope), intercept=float(w[1] - slope * center))
+
+
+def expected_calibration_error(probabilities: Sequence[float], labels: Sequence[float], bins: int = 10) -> float:
+    """Weighted mean gap between confidence and accuracy over equal-width probability bins."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            error += inside.mean() * abs(p[inside].mean() - y[inside].mean())
+    return float(error)
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """The fit and the calibration error before (plain sigmoid) and after, on held-out queries."""
+
+    calibration: Calibration
+    ece_before: float
+    ece_after: float
+    fit_pairs: int
+    heldout_pairs: int
+    path: str
+
+
+def calibrate_pairs(logits: Sequence[float], labels: Sequence[float], queries: Sequence[str], *,
+                    holdout: float = 0.3, seed: int = 12) -> tuple[Calibration, float, float, int, int]:
+    """Fit on some queries, measure ECE on the others (query-disjoint)."""
+    names = sorted(set(queries))
+    if len(names) < 2:
+        msg = "calibration needs at least 2 distinct queries (one is held out to measure the result)"
+        raise ValueError(msg)
+    random.Random(seed).shuffle(names)
+    held = set(names[: max(1, round(len(names) * holdout))])
+    fit = [i for i, q in enumerate(queries) if q not in held]
+    test = [i for i, q in enumerate(queries) if q in held]
+    calibration = fit_platt([logits[i] for i in fit], [labels[i] for i in fit])
+    before = expected_calibration_error([sigmoid(logits[i]) for i in test], [labels[i] for i in test])
+    after = expected_calibration_error([calibration(logits[i]) for i in test], [labels[i] for i in test])
+    return calibration, before, after, len(fit), len(test)
+
+
+def write_calibration(folder: str | Path, calibration: Calibration, **details: Any) -> Path:
+    """Store ``calibration`` as ``calibration.json`` in a model folder (what ``activation="calibrated"`` reads)."""
+    path = Path(folder) / CALIBRATION_FILE
+    path.write_text(json.dumps({"method": "platt", **asdict(calibration), **details}, indent=2))
+    return path
+
+
+def calibrate(model: str, data: str, *, output: str | None = None, holdout: float = 0.3, seed: int = 12,
+              split: str = "train", candidates: int = 20, retriever: str | None = None,
+              **engine_options: Any) -> CalibrationReport:
+    """Score the labelled pairs of ``data`` (JSONL pairs or groups with labels, or a BEIR folder: ``split``'s
+    judged queries and their ``candidates`` retrieved by ``retriever``) with ``model``, fit the map, and store it
+    in the model folder (or, for a hub model or with ``output``, in a copy of the model at ``output``)."""
+    from ettin_rerank.engine import Reranker
+    from ettin_rerank.loading import HubOptions, resolve_model_path
+    from ettin_rerank.training.data import detect_layout, load_examples
+
+    folder = resolve_model_path(model, HubOptions())
+    if Path(data).is_dir() and detect_layout(data) == "beir":
+        examples = _beir_examples(data, split, candidates, retriever)
+    else:
+        _, examples = load_examples(data)
+    labelled = [e for e in examples if e.label is not None]
+    if not labelled:
+        msg = f"{data} has no labelled pairs to calibrate on"
+        raise ValueError(msg)
+    with Reranker(folder, show_progress_bar=False, **engine_options) as engine:
+        logits = engine.score_pairs([(e.query, e.document) for e in labelled])
+    labels = [1.0 if (e.label or 0) > 0 else 0.0 for e in labelled]
+    calibration, before, after, fitted, tested = calibrate_pairs(logits, labels, [e.query for e in labelled],
+                                                                 holdout=holdout, seed=seed)
+    target = Path(output) if output else folder
+    if output and target.resolve() != folder.resolve():
+        shutil.copytree(folder, target, dirs_exist_ok=True)
+    elif _in_hub_cache(folder):
+        msg = f"{model} lives in the Hugging Face cache; give --output to write a calibrated copy elsewhere"
+        raise ValueError(msg)
+    path = write_calibration(target, calibration, ece_before=before, ece_after=after, pairs=len(labelled))
+    return CalibrationReport(calibration, before, after, fitted, tested, str(path))
+
+
+def _in_hub_cache(folder: Path) -> bool:
+    return "snapshots" in folder.parts and any(part.startswith("models--") for part in folder.parts)
+
+
+def _beir_examples(folder: str, split: str, candidates: int, retriever: str | None) -> list:
+    """The pairs a reranker sees: each judged query's top ``candidates`` from the retriever, labelled by the qrels
+    (unjudged = not relevant)."""
+    from ettin_rerank.evaluation.beir import load_beir
+    from ettin_rerank.evaluation.retrieval import QdrantRetriever
+    from ettin_rerank.training.data import Example
+
+    data = load_beir(folder, split)
+    search = QdrantRetriever(retriever, collection="ettin-calibrate")
+    doc_ids = list(data.corpus)
+    search.index(doc_ids, [data.document_text(d) for d in doc_ids], show_progress_bar=True)
+    query_ids = list(data.queries)
+    hits = search.search([data.queries[q] for q in query_ids], candidates)
+    return [Example(data.queries[qid], data.document_text(h.doc_id), float(data.qrels[qid].get(h.doc_id, 0) > 0))
+            for qid, row in zip(query_ids, hits, strict=True) for h in row]
+
+
+__all__ = ["CalibrationReport", "calibrate", "expected_calibration_error", "fit_platt"]
