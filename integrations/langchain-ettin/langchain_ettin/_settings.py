@@ -4,19 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from ettin_rerank.backend import (
-    ADAPTER_MAX_TOKENS_PER_DOC,
-    Backend,
-    EngineSpec,
-    RemoteBackend,
-    RemoteSpec,
-    adapter_options,
-)
-from ettin_rerank.options import RerankOptions
+from ettin_rerank.backend import ADAPTER_MAX_TOKENS_PER_DOC, Backend, BackendUser, EngineSpec, RemoteSpec
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 
-class EttinSettings(BaseModel):
+class EttinSettings(BackendUser, BaseModel):
     """Fields and model handling of :class:`~langchain_ettin.EttinRerank` and
     :class:`~langchain_ettin.EttinCrossEncoder`; every field is checked at construction."""
 
@@ -58,7 +50,7 @@ class EttinSettings(BaseModel):
     """Seconds to wait for the server."""
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    _backend: Backend | RemoteBackend | None = PrivateAttr(default=None)
+    _backend: Backend | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_arguments(self) -> EttinSettings:
@@ -77,22 +69,3 @@ class EttinSettings(BaseModel):
             local_files_only=self.local_files_only, attention=self.attention, batch_tokens=self.batch_tokens,
             trust_remote_code=self.trust_remote_code,
         )
-
-    def _call_options(self) -> RerankOptions:
-        return adapter_options(
-            max_length=self.max_length, long_document_strategy=self.long_document_strategy,
-            window_overlap=self.window_overlap, max_tokens_per_doc=self.max_tokens_per_doc,
-            activation=self.activation,
-        )
-
-    def _open(self) -> Backend | RemoteBackend:
-        if self._backend is None:
-            self._backend = self._engine_spec().open()
-        return self._backend
-
-    def close(self) -> None:
-        """Give the shared model back (the last user frees it); the next call loads it again."""
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
-

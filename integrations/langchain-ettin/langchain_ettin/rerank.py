@@ -6,7 +6,6 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from ettin_rerank.backend import open_async
 from ettin_rerank.results import RerankResult
 from ettin_rerank.validation import check_count, check_query, check_threshold
 from langchain_core.callbacks import Callbacks
@@ -69,9 +68,8 @@ class EttinRerank(EttinSettings, BaseDocumentCompressor):
         texts, arguments = self._arguments(documents, query, top_n)
         if not texts:
             return []
-        if self._backend is None:
-            self._backend = await open_async(self._engine_spec())
-        return _as_dicts(await self._backend.arerank(query, texts, self._call_options(), **arguments))
+        backend = await self._aopen()
+        return _as_dicts(await backend.arerank(query, texts, self._call_options(), **arguments))
 
     def compress_documents(
         self, documents: Sequence[Document], query: str, callbacks: Callbacks | None = None

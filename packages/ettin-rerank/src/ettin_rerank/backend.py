@@ -60,7 +60,7 @@ class EngineSpec:
         """Load (or reuse) the shared engine for this spec."""
         from ettin_rerank.shared import shared_reranker
 
-        return Backend(shared_reranker(
+        return SharedBackend(shared_reranker(
             str(self.model), device=self.device, dtype=self.dtype, revision=self.revision, token=self.token,
             cache_folder=self.cache_folder, local_files_only=self.local_files_only, attention=self.attention,
             batch_tokens=self.batch_tokens, batch_size=self.batch_size, trust_remote_code=self.trust_remote_code,
@@ -68,47 +68,60 @@ class EngineSpec:
 
 
 class Backend:
-    """A reference to a shared engine; ``close()`` gives it back (the last one frees the model).
+    """Ranks texts with a target that has the engine's signature: the shared in-process engine, or a
+    :class:`~ettin_rerank.client.RemoteReranker`. ``close()`` gives the target back; copying a backend (as
+    ``copy.deepcopy`` of an adapter does) takes another reference instead of copying a model."""
 
-    Copying it (``copy.deepcopy`` of an adapter) takes another reference instead of copying the model.
-    """
-
-    def __init__(self, engine: Reranker) -> None:
-        self.engine = engine
-        self._closed = False
+    def __init__(self, target: Any) -> None:
+        self.target = target
 
     def rerank(self, query: str, documents: Sequence[str], options: RerankOptions, *, top_k: int | None = None,
                score_threshold: float | None = None, fusion: Fusion | None = None) -> list[RerankResult]:
         if fusion is None:
-            return self.engine.rerank(query, documents, top_k, score_threshold=score_threshold, **options.as_dict())
-        return fusion.rank(self.engine.rerank(query, documents, **options.as_dict()), top_k, score_threshold)
+            return self.target.rerank(query, documents, top_k, score_threshold=score_threshold, **options.as_dict())
+        return fusion.rank(self.target.rerank(query, documents, **options.as_dict()), top_k, score_threshold)
 
     async def arerank(self, query: str, documents: Sequence[str], options: RerankOptions, *,
                       top_k: int | None = None, score_threshold: float | None = None,
                       fusion: Fusion | None = None) -> list[RerankResult]:
         if fusion is None:
-            return await self.engine.arerank(query, documents, top_k, score_threshold=score_threshold,
+            return await self.target.arerank(query, documents, top_k, score_threshold=score_threshold,
                                              **options.as_dict())
-        return fusion.rank(await self.engine.arerank(query, documents, **options.as_dict()), top_k, score_threshold)
+        return fusion.rank(await self.target.arerank(query, documents, **options.as_dict()), top_k, score_threshold)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], options: RerankOptions) -> list[float]:
-        return self.engine.score_pairs(pairs, **options.as_dict())
+        return self.target.score_pairs(pairs, **options.as_dict())
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class SharedBackend(Backend):
+    """A reference to a shared in-process engine; the last ``close()`` frees the model."""
+
+    def __init__(self, engine: Reranker) -> None:
+        super().__init__(engine)
+        self._closed = False
+
+    @property
+    def engine(self) -> Reranker:
+        return self.target
 
     def close(self) -> None:
         if not self._closed:
             from ettin_rerank.shared import release_shared
 
             self._closed = True
-            release_shared(self.engine)
+            release_shared(self.target)
 
-    def __deepcopy__(self, memo: dict[int, Any]) -> Backend:
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedBackend:
         from ettin_rerank.shared import retain_shared
 
-        retain_shared(self.engine)
-        return Backend(self.engine)
+        retain_shared(self.target)
+        return SharedBackend(self.target)
 
 
-async def open_async(spec: EngineSpec | RemoteSpec) -> Backend | RemoteBackend:
+async def open_async(spec: EngineSpec | RemoteSpec) -> Backend:
     """:meth:`EngineSpec.open` on a worker thread, so a cold load never blocks the event loop."""
     return await asyncio.to_thread(spec.open)
 
@@ -135,32 +148,15 @@ class RemoteSpec:
         return RemoteBackend(RemoteReranker(self.base_url, api_key=self.api_key, timeout=self.timeout), self)
 
 
-class RemoteBackend:
-    """The :class:`Backend` interface over a server."""
+class RemoteBackend(Backend):
+    """A client of an ettin-rerank server."""
 
     def __init__(self, client: Any, spec: RemoteSpec) -> None:
-        self.client = client
+        super().__init__(client)
         self.spec = spec
 
-    def rerank(self, query: str, documents: Sequence[str], options: RerankOptions, *, top_k: int | None = None,
-               score_threshold: float | None = None, fusion: Fusion | None = None) -> list[RerankResult]:
-        if fusion is None:
-            return self.client.rerank(query, documents, top_k, score_threshold=score_threshold, **options.as_dict())
-        return fusion.rank(self.client.rerank(query, documents, **options.as_dict()), top_k, score_threshold)
-
-    async def arerank(self, query: str, documents: Sequence[str], options: RerankOptions, *,
-                      top_k: int | None = None, score_threshold: float | None = None,
-                      fusion: Fusion | None = None) -> list[RerankResult]:
-        if fusion is None:
-            return await self.client.arerank(query, documents, top_k, score_threshold=score_threshold,
-                                             **options.as_dict())
-        return fusion.rank(await self.client.arerank(query, documents, **options.as_dict()), top_k, score_threshold)
-
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], options: RerankOptions) -> list[float]:
-        return self.client.score_pairs(pairs, **options.as_dict())
-
     def close(self) -> None:
-        self.client.close()
+        self.target.close()
 
     def __deepcopy__(self, memo: dict[int, Any]) -> RemoteBackend:
         return self.spec.open()
@@ -201,6 +197,41 @@ def check_fusion_weight(weight: Any) -> float | None:
         msg = f"fusion_weight must be a number between 0 and 1 (or None), but got {weight!r}"
         raise ValueError(msg)
     return float(weight)
+
+
+class BackendUser:
+    """What the LlamaIndex and LangChain adapters share: the backend opened on first use (on a worker thread for
+    async calls), given back by ``close()``, and the per-call options of their common fields. The class provides
+    ``_engine_spec()``, the fields ``max_length``, ``long_document_strategy``, ``window_overlap``,
+    ``max_tokens_per_doc``, ``activation``, and a private ``_backend`` slot."""
+
+    _backend: Backend | None
+
+    def _engine_spec(self) -> EngineSpec | RemoteSpec:
+        raise NotImplementedError
+
+    def _call_options(self) -> RerankOptions:
+        return adapter_options(
+            max_length=self.max_length, long_document_strategy=self.long_document_strategy,
+            window_overlap=self.window_overlap, max_tokens_per_doc=self.max_tokens_per_doc,
+            activation=self.activation,
+        )
+
+    def _open(self) -> Backend:
+        if self._backend is None:
+            self._backend = self._engine_spec().open()
+        return self._backend
+
+    async def _aopen(self) -> Backend:
+        if self._backend is None:
+            self._backend = await open_async(self._engine_spec())
+        return self._backend
+
+    def close(self) -> None:
+        """Give the shared model back (the last user frees it); the next call loads it again."""
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
 
 
 def adapter_options(**values: Any) -> RerankOptions:

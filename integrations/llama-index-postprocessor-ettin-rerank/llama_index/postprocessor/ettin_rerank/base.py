@@ -15,22 +15,19 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from ettin_rerank.backend import (
     ADAPTER_MAX_TOKENS_PER_DOC,
     Backend,
+    BackendUser,
     EngineSpec,
     Fusion,
-    RemoteBackend,
     RemoteSpec,
-    adapter_options,
     check_fusion_weight,
-    open_async,
 )
-from ettin_rerank.options import RerankOptions
 from ettin_rerank.results import METADATA_KEYS, RerankResult
 from ettin_rerank.validation import check_query, check_threshold
 
 dispatcher = instrument.get_dispatcher(__name__)
 
 
-class EttinRerank(BaseNodePostprocessor):
+class EttinRerank(BackendUser, BaseNodePostprocessor):
     """Rerank nodes with an Ettin cross-encoder (or any Sentence Transformers CrossEncoder).
 
     ``node.score`` is a relevance in [0, 1] by default (``activation="sigmoid"``, as ``SentenceTransformerRerank``
@@ -88,7 +85,7 @@ class EttinRerank(BaseNodePostprocessor):
     api_key: str | None = Field(default=None, exclude=True, description="The server's API key, if it needs one.")
     timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for the server.")
 
-    _backend: Backend | RemoteBackend | None = PrivateAttr(default=None)
+    _backend: Backend | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_arguments(self) -> EttinRerank:
@@ -111,24 +108,6 @@ class EttinRerank(BaseNodePostprocessor):
             cache_folder=self.cache_folder, local_files_only=self.local_files_only, attention=self.attention,
             batch_tokens=self.batch_tokens, trust_remote_code=self.trust_remote_code,
         )
-
-    def _call_options(self) -> RerankOptions:
-        return adapter_options(
-            max_length=self.max_length, long_document_strategy=self.long_document_strategy,
-            window_overlap=self.window_overlap, max_tokens_per_doc=self.max_tokens_per_doc,
-            activation=self.activation,
-        )
-
-    def _open(self) -> Backend | RemoteBackend:
-        if self._backend is None:
-            self._backend = self._engine_spec().open()
-        return self._backend
-
-    def close(self) -> None:
-        """Give the shared model back (the last user frees it); the next call loads it again."""
-        if self._backend is not None:
-            self._backend.close()
-            self._backend = None
 
     def _texts(self, nodes: Any, query_bundle: QueryBundle | None) -> list[str]:
         if query_bundle is None:
@@ -196,10 +175,9 @@ class EttinRerank(BaseNodePostprocessor):
         texts = self._texts(nodes, query_bundle)
         if not nodes:
             return self._new_nodes(nodes, [])
-        if self._backend is None:
-            self._backend = await open_async(self._engine_spec())
+        backend = await self._aopen()
         with self.callback_manager.event(CBEventType.RERANKING, payload=self._event_payload(nodes, query_bundle)) as e:
-            results = await self._backend.arerank(query_bundle.query_str, texts, self._call_options(),
+            results = await backend.arerank(query_bundle.query_str, texts, self._call_options(),
                                                   top_k=self.top_n, score_threshold=self.score_threshold,
                                                   fusion=self._fusion(nodes))
             reranked = self._new_nodes(nodes, results)

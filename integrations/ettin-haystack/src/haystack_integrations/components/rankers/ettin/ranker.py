@@ -12,7 +12,6 @@ from ettin_rerank.backend import (
     Backend,
     EngineSpec,
     Fusion,
-    RemoteBackend,
     RemoteSpec,
     adapter_options,
     check_fusion_weight,
@@ -177,7 +176,7 @@ class EttinRanker:
         self.fusion_weight = check_fusion_weight(fusion_weight)
         self._spec = self._engine_spec()
         self._options = self._call_options(scale_score, calibration_factor)
-        self._backend: Backend | RemoteBackend | None = None
+        self._backend: Backend | None = None
 
     def _engine_spec(self) -> EngineSpec | RemoteSpec:
         if self.url is not None:
