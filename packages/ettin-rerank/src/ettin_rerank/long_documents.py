@@ -18,13 +18,6 @@ STRATEGIES: tuple[str, ...] = ("max", "mean", "truncate")
 MAX_QUERY_SHARE = 0.5
 
 
-def check_strategy(strategy: str) -> str:
-    if strategy not in STRATEGIES:
-        msg = f"long_document_strategy must be one of {', '.join(STRATEGIES)}, but got {strategy!r}"
-        raise ValueError(msg)
-    return strategy
-
-
 def query_limit(max_length: int, num_special: int) -> int:
     """The most query tokens a window of ``max_length`` tokens takes (half of it, special tokens included)."""
     return int(max_length * MAX_QUERY_SHARE) - num_special

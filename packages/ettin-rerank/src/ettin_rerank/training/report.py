@@ -24,7 +24,8 @@ class Heldout:
         return max((len(c) for c in self.candidates.values()), default=0)
 
 
-def _id(text: str) -> str:
+def doc_key(text: str) -> str:
+    """A short stable key of a document text (run and judgement ids)."""
     return hashlib.sha1(text.encode(), usedforsecurity=False).hexdigest()[:16]
 
 
@@ -32,17 +33,36 @@ def heldout_of(data: TrainingData) -> Heldout:
     """The held-out set of ``data``: BEIR keeps the retriever's candidates and full judgements; JSONL layouts use
     each held-out query's rows in file order, labels as judgements."""
     if "heldout_qrels" in data.notes:
-        candidates = {q: [(_id(d), s) for d, s in rows] for q, rows in data.notes["heldout_retrieval"].items()}
-        qrels = {q: {_id(d): int(g) for d, g in judged.items()} for q, judged in data.notes["heldout_qrels"].items()}
+        candidates = {q: [(doc_key(d), s) for d, s in rows] for q, rows in data.notes["heldout_retrieval"].items()}
+        qrels = {q: {doc_key(d): int(g) for d, g in judged.items()}
+                 for q, judged in data.notes["heldout_qrels"].items()}
         return Heldout(candidates, qrels)
     candidates: dict[str, list[tuple[str, float]]] = {}
     qrels: dict[str, dict[str, int]] = {}
     for row in data.heldout:
         rows = candidates.setdefault(row.query, [])
-        rows.append((_id(row.document), -float(len(rows))))
+        rows.append((doc_key(row.document), -float(len(rows))))
         label = row.label if row.label is not None else 0.0
-        qrels.setdefault(row.query, {})[_id(row.document)] = round(label)
+        qrels.setdefault(row.query, {})[doc_key(row.document)] = round(label)
     return Heldout(candidates, qrels)
+
+
+TEACHER_GRADES = (3, 2, 2, 1, 1)
+"""Relevance given to a held-out query's documents by the teacher's rank (1st, 2nd, ... 5th); the rest: 0."""
+
+
+def heldout_from_scores(data: TrainingData, scores: dict[tuple[str, str], float]) -> Heldout:
+    """Held-out judgements from a teacher's scores, for data without labels: each query's top documents by the
+    teacher are relevant (graded by rank), so NDCG@10 measures agreement with the teacher's ranking."""
+    heldout = heldout_of(data)
+    by_query: dict[str, list[tuple[float, str]]] = {}
+    for row in data.heldout:
+        by_query.setdefault(row.query, []).append((scores[(row.query, row.document)], doc_key(row.document)))
+    qrels = {}
+    for query, rows in by_query.items():
+        ranked = [doc for _, doc in sorted(rows, key=lambda r: -r[0])]
+        qrels[query] = {doc: grade for doc, grade in zip(ranked, TEACHER_GRADES, strict=False)}
+    return Heldout(heldout.candidates, qrels)
 
 
 def evaluate(model: str | Path, data: TrainingData, heldout: Heldout, **engine_options: Any) -> dict[str, Any]:
@@ -51,9 +71,9 @@ def evaluate(model: str | Path, data: TrainingData, heldout: Heldout, **engine_o
     from ettin_rerank.engine import Reranker
     from ettin_rerank.evaluation.run import metrics
 
-    texts = {_id(d): d for d in [*data.documents, *(r.document for r in data.heldout)]}
+    texts = {doc_key(d): d for d in [*data.documents, *(r.document for r in data.heldout)]}
     if "heldout_retrieval" in data.notes:
-        texts |= {_id(d): d for rows in data.notes["heldout_retrieval"].values() for d, _ in rows}
+        texts |= {doc_key(d): d for rows in data.notes["heldout_retrieval"].values() for d, _ in rows}
     retrieval = {q: dict(rows) for q, rows in heldout.candidates.items()}
     reranked = {}
     with Reranker(model, show_progress_bar=False, **engine_options) as engine:

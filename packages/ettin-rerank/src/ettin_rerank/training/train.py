@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin_rerank.training.data import Example, TrainingData
-from ettin_rerank.training.report import Verdict, evaluate, heldout_of, verdict
+from ettin_rerank.training.report import Verdict, doc_key, evaluate, heldout_from_scores, heldout_of, verdict
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,8 @@ class TrainReport:
     estimated_seconds: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     evaluations: list[tuple[int, float]] = field(default_factory=list)
+    relevance: str = "labels"
+    """Where held-out relevance came from: ``labels``, or ``teacher`` (its top documents, for unlabelled data)."""
 
     @property
     def best_step(self) -> int | None:
@@ -159,6 +161,20 @@ def load_data(config: TrainConfig) -> TrainingData:
         cache = config.teacher_cache or str(Path(config.output).with_suffix(".teacher-scores.jsonl"))
         data.train = teacher_scores(data.train, config.teacher, cache, **config.engine_options)
     return data
+
+
+def _heldout_teacher_scores(config: TrainConfig, data: TrainingData) -> dict[tuple[str, str], float]:
+    """The teacher's logit of every held-out pair (from the data, or scored now through the same cache)."""
+    rows = data.heldout
+    if config.teacher is not None:
+        from ettin_rerank.training.teacher import teacher_scores
+
+        cache = config.teacher_cache or str(Path(config.output).with_suffix(".teacher-scores.jsonl"))
+        rows = teacher_scores(rows, config.teacher, cache, **config.engine_options)
+    if any(row.score is None for row in rows):
+        msg = "held-out rows have neither labels nor teacher scores: there is nothing to measure the training against"
+        raise ValueError(msg)
+    return {(row.query, row.document): float(row.score) for row in rows}
 
 
 def _loss(objective: str, model: Any, train: list[Example]) -> Any:
@@ -226,11 +242,17 @@ def train(config: TrainConfig) -> TrainReport:
     data = load_data(config)
     objective = resolve_objective(config, data)
     heldout = heldout_of(data)
+    relevance = "labels"
     if not any(grade > 0 for judged in heldout.qrels.values() for grade in judged.values()):
-        msg = "no held-out query has a relevant document: there is nothing to measure the training against"
-        raise ValueError(msg)
+        if objective != "distill":
+            msg = "no held-out query has a relevant document: there is nothing to measure the training against"
+            raise ValueError(msg)
+        heldout = heldout_from_scores(data, _heldout_teacher_scores(config, data))
+        data.heldout = [Example(e.query, e.document, float(heldout.qrels[e.query].get(doc_key(e.document), 0)),
+                                e.score) for e in data.heldout]
+        relevance = "teacher"
     seconds = {"data": time.perf_counter() - started}
-    report = TrainReport(output=None, objective=objective, counts=data.counts(), before={})
+    report = TrainReport(output=None, objective=objective, counts=data.counts(), before={}, relevance=relevance)
     logger.info("objective %s; %s", objective, report.counts)
     if config.dry_run:
         report.seconds_per_step, report.steps = _time_steps(config, objective, data, base_path)
@@ -361,6 +383,7 @@ def _write_record(config: TrainConfig, report: TrainReport, output: Path) -> Non
     record = {
         "config": {k: v for k, v in asdict(config).items() if k != "engine_options"},
         "objective": report.objective, "counts": report.counts, "steps": report.steps,
+        "heldout_relevance": report.relevance,
         "kept_step": report.best_step, "evaluations": report.evaluations,
         "seconds": report.seconds, "seconds_per_step": report.seconds_per_step,
         "before": {k: v for k, v in report.before.items() if k != "ndcg_per_query"},
