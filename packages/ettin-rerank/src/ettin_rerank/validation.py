@@ -36,14 +36,19 @@ def check_documents(documents: Any, name: str = "documents") -> list[str]:
     if isinstance(documents, (str, bytes)):
         msg = f"{name} must be a list of strings, not a single string; wrap one document as [{name}]"
         raise TypeError(msg)
-    if documents is None or not isinstance(documents, Sequence):
-        msg = f"{name} must be a list of strings, but got {type(documents).__name__}"
+    return check_list_of(documents, str, name, "strings", "a string")
+
+
+def check_list_of(items: Any, kind: type | tuple[type, ...], name: str, plural: str, singular: str) -> list[Any]:
+    """A list (or tuple) whose every item is a ``kind``; errors name ``name`` and the position of a bad item."""
+    if items is None or isinstance(items, (str, bytes)) or not isinstance(items, Sequence):
+        msg = f"{name} must be a list of {plural}, but got {type(items).__name__}"
         raise TypeError(msg)
-    for position, document in enumerate(documents):
-        if not isinstance(document, str):
-            msg = f"{name}[{position}] must be a string, but got {type(document).__name__}"
+    for position, item in enumerate(items):
+        if not isinstance(item, kind):
+            msg = f"{name}[{position}] must be {singular}, but got {type(item).__name__}"
             raise TypeError(msg)
-    return list(documents)
+    return list(items)
 
 
 def check_encodable(texts: Sequence[str], name: str | Callable[[int], str]) -> None:

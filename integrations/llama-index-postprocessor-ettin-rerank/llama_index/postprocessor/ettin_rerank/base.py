@@ -22,7 +22,7 @@ from ettin_rerank.backend import (
     check_fusion_weight,
 )
 from ettin_rerank.results import METADATA_KEYS, RerankResult
-from ettin_rerank.validation import check_query, check_threshold
+from ettin_rerank.validation import check_list_of, check_query, check_threshold
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -114,13 +114,7 @@ class EttinRerank(BackendUser, BaseNodePostprocessor):
             msg = "Missing query bundle in extra info."
             raise ValueError(msg)
         check_query(query_bundle.query_str, "query_str")
-        if not isinstance(nodes, list):
-            msg = f"nodes must be a list of NodeWithScore, but got {type(nodes).__name__}"
-            raise TypeError(msg)
-        for position, node in enumerate(nodes):
-            if not isinstance(node, NodeWithScore):
-                msg = f"nodes[{position}] must be a NodeWithScore, but got {type(node).__name__}"
-                raise TypeError(msg)
+        check_list_of(nodes, NodeWithScore, "nodes", "NodeWithScore", "a NodeWithScore")
         dispatcher.event(
             ReRankStartEvent(query=query_bundle, nodes=nodes, top_n=self.top_n, model_name=self.model)
         )

@@ -19,7 +19,7 @@ from ettin_rerank.backend import (
 )
 from ettin_rerank.options import RerankOptions
 from ettin_rerank.results import RerankResult
-from ettin_rerank.validation import check_query, check_top_k
+from ettin_rerank.validation import check_list_of, check_query, check_top_k
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.utils import ComponentDevice, Secret, deserialize_secrets_inplace
 from haystack.utils.hf import deserialize_hf_model_kwargs, serialize_hf_model_kwargs
@@ -281,14 +281,7 @@ class EttinRanker:
                  score_threshold: float | None) -> tuple[str, list[Document], list[str], dict[str, Any]]:
         """Texts and engine arguments for one call; overrides are checked with `is not None` (0 and False count)."""
         check_query(query)
-        if not isinstance(documents, (list, tuple)):
-            msg = f"documents must be a list of Documents, but got {type(documents).__name__}"
-            raise TypeError(msg)
-        for position, document in enumerate(documents):
-            if not isinstance(document, Document):
-                msg = f"documents[{position}] must be a Document, but got {type(document).__name__}"
-                raise TypeError(msg)
-        unique = _deduplicate(documents)
+        unique = _deduplicate(check_list_of(documents, Document, "documents", "Documents", "a Document"))
         texts = [self.document_prefix + self.embedding_separator.join(
             [*(str(doc.meta[f]) for f in self.meta_fields_to_embed if doc.meta.get(f) is not None), doc.content or ""]
         ) + self.document_suffix for doc in unique]
