@@ -36,6 +36,8 @@ class Calibration:
         return sigmoid(self.slope * logit + self.intercept)
 
 
+NOT_CALIBRATED = ("activation='calibrated' needs a calibrated model: run `ettin-rerank calibrate` on it first "
+                  "(it writes calibration.json into the model folder)")
 CALIBRATION_FILE = "calibration.json"
 """Written into a model folder by ``ettin-rerank calibrate``; read by the engine for ``activation="calibrated"``."""
 
@@ -65,7 +67,5 @@ def activate(logit: float, activation: str, calibration_factor: float = 1.0,
     if activation == "sigmoid":
         return sigmoid(calibration_factor * float(logit))
     if calibration is None:
-        msg = ("activation='calibrated' needs a calibrated model: run `ettin-rerank calibrate` on it first "
-               "(it writes calibration.json into the model folder)")
-        raise ValueError(msg)
+        raise ValueError(NOT_CALIBRATED)
     return calibration(float(logit))

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from ettin_rerank.activation import activate, load_calibration
+from ettin_rerank.activation import NOT_CALIBRATED, activate, load_calibration
 from ettin_rerank.attention import BACKENDS, resolve_attention
 from ettin_rerank.batching import token_budget_batches
 from ettin_rerank.device import resolve_device, resolve_dtype
@@ -196,7 +196,7 @@ class Reranker:
             raise ValueError(msg)
         options.overlap_for(length)  # raises for an overlap that does not fit
         if options.activation == "calibrated" and self.calibration is None:
-            activate(0.0, "calibrated", calibration=None)  # raises the explanatory error
+            raise ValueError(NOT_CALIBRATED)
         return options.merged({"max_length": length})
 
     def call_options(self, **overrides: Any) -> RerankOptions:
