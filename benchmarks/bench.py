@@ -13,7 +13,9 @@ the engine never picks it). Suites:
   gte-reranker-modernbert-base and granite-embedding-reranker-english-r2), packed here, padded in transformers;
 - ``long``: documents of 1K-8K tokens read whole (max_length 8K);
 - ``scaling``: time per document of 512, 2K, 8K and 32K tokens under the ``max`` window strategy;
-- ``memory``: peak memory for 100 documents of 8K tokens.
+- ``memory``: peak memory for 100 documents of 8K tokens;
+- ``int8`` (only when asked): PyTorch's dynamic int8 quantization of the linear layers on the exact path, a lever
+  measured and not shipped (``torch.ao.quantization`` is deprecated), with its rank agreement against fp32.
 
 On CUDA (``--device cuda``) it also runs ST's fastest path (bf16 + flash_attention_2) and every attention backend
 of this engine, and reports tokens/s and the share of the GPU's bf16 peak reached (MFU).
@@ -134,6 +136,19 @@ def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
         variants.append(Variant("ST bf16", st({"dtype": torch.bfloat16})))
         variants.append(Variant("ettin-rerank bf16 (fast)", ours("bfloat16"), baseline="ST bf16"))
     return variants
+
+
+def int8_variant(folder: Path, max_length: int) -> Variant:
+    """The engine's fp32 path with every linear layer of the encoder quantized to int8 (dynamic activations)."""
+    import warnings
+
+    engine = Reranker(folder, device="cpu", dtype="float32", max_length=max_length,
+                      long_document_strategy="truncate")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.ao.quantization.quantize_dynamic(engine._cross_encoder[0].model, {torch.nn.Linear},
+                                               dtype=torch.qint8, inplace=True)
+    return Variant("ettin-rerank int8 dynamic (lever)", engine.score_pairs, baseline="ST fp32 (default load)")
 
 
 def latency_suite(folder: Path, device: str, queries: list[tuple[str, list[str]]], repeats: int) -> dict:
@@ -312,7 +327,8 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=None, help="natural pairs per shape")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--suites", default=None,
-                        help="natural,latency,classifier,long,scaling,memory (default: all; quick: natural,latency)")
+                        help="natural,latency,classifier,long,scaling,memory,int8 "
+                             "(default: all but int8; quick: natural,latency)")
     parser.add_argument("--long-shapes", default=None,
                         help="shapes for the long, scaling and memory suites (default: 17m on CPU, 17m,150m on CUDA)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
@@ -347,7 +363,8 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     device_tag = "".join(c if c.isalnum() else "-" for c in (torch.cuda.get_device_name() if gpu else
                                                               f"x86-64-{cpu['isa']}")).strip("-").lower()[:40]
-    path = out / f"{args.device}-{device_tag}-{'quick' if args.quick else 'full'}.json"
+    run_tag = "quick" if args.quick else "-".join(sorted(suites)) if args.suites else "full"
+    path = out / f"{args.device}-{device_tag}-{run_tag}.json"
     for shape_name in shapes:
         folder = Path(args.cache) / shape_name
         if not (folder / "modules.json").exists():
@@ -359,6 +376,12 @@ def main() -> int:
                 gpu_mfu(rows, shape_name, pairs, folder)
             print_table(f"[{shape_name}] natural mix, {len(pairs)} pairs, max_length 512", rows)
             result["natural"] = rows
+        if "int8" in suites and not gpu:
+            variants = [*make_variants(folder, args.device, 512)[:2], int8_variant(folder, 512)]
+            sample = pairs if shape_name == "17m" else pairs[:60]
+            rows = measure(variants, sample, rounds, args.device)
+            print_table(f"[{shape_name}] int8 lever, natural mix, {len(sample)} pairs, max_length 512", rows)
+            result["int8"] = rows
         if "long" in suites and shape_name in long_shapes:
             docs = long_pairs(4 if args.quick else 32 if gpu else 8)
             rows = measure(make_variants(folder, args.device, 7999), docs, 1, args.device)
