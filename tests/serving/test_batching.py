@@ -1,5 +1,6 @@
-"""Pairs from concurrent requests share forward passes, every response still equals the in-process engine's scores,
-a small request is not starved by a big one, and the work of a client that left is dropped."""
+"""Pairs from concurrent requests share forward passes, grouped by length, every response still equals the
+in-process engine's scores, a small request is not starved by a big one, and the work of a client that left is
+dropped."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import httpx
 import numpy as np
 import pytest
 from ettin_rerank.serving import ServerConfig
+from ettin_rerank.serving.batcher import Batcher
 from ettin_rerank.serving.server import BackgroundServer
+from ettin_rerank.tokenization import Window
 
 WORDS = "protein cell gene disease study results patients clinical treatment effect data risk brain".split()
 
@@ -79,3 +82,27 @@ def test_work_of_a_client_that_left_is_dropped(tiny_checkpoint, serving_engine):
         assert read < 0.5 * total, f"read {read:.0f} of {total} tokens after the client left"
         assert 'ettin_requests_total{code="499",route="/v2/rerank"} 1.0' in metrics
         assert httpx.post(f"{url}/v2/rerank", json={"model": "m", "query": "q", "documents": ["d"]}).status_code == 200
+
+
+async def test_windows_of_similar_length_from_different_requests_share_a_pass():
+    """Two requests, each with a long and a short window: the long windows go together and the short ones together
+    (taking each request's windows in turn would pad every pass to the long length)."""
+    passes: list[list[int]] = []
+
+    def record(windows):
+        passes.append([len(w.input_ids) for w in windows])
+        return [float(len(w.input_ids)) for w in windows]
+
+    def window(length: int) -> Window:
+        return Window(pair=0, token_start=0, token_end=length, input_ids=[1] * length, token_type_ids=[0] * length)
+
+    batcher = Batcher(record, max_batch_tokens=200, max_queued_tokens=10_000)
+    with batcher._condition:  # hold the worker until both requests are queued, as under load
+        batcher.start()
+        first = asyncio.ensure_future(batcher.score([window(100), window(10)], timeout_s=30))
+        second = asyncio.ensure_future(batcher.score([window(10), window(100)], timeout_s=30))
+        await asyncio.sleep(0.05)
+    assert await first == [100.0, 10.0]
+    assert await second == [10.0, 100.0]
+    batcher.stop()
+    assert sorted(passes) == [[10, 10], [100, 100]], passes

@@ -1,13 +1,15 @@
 """Windows from many requests -> shared token-budget forward passes -> each request's scores. No HTTP here.
 
-One worker thread owns the engine. Requests (``Job``s) queue their windows; the worker fills each pass up to the
-token budget with windows of the waiting requests in order of their *virtual finish time* (arrival + tokens /
-measured throughput): equal requests are served oldest first (so latency tails stay those of a FIFO queue), the
-last, partial pass of one request is filled with the next request's windows, and a 20-document request that
-arrives while a 1,000-document one runs is served before that one's remainder, which in turn cannot be starved
-(later arrivals get later virtual finish times). Work whose caller has gone (cancelled, or past its deadline) is
-dropped before it reaches the model. The queue is bounded in tokens: past the bound :meth:`Batcher.score` raises
-:class:`QueueFullError` at once.
+One worker thread owns the engine. Requests (``Job``s) queue their windows; the worker takes a *round* of a few
+passes' worth of windows from the waiting requests in order of their *virtual finish time* (arrival + tokens /
+measured throughput): equal requests are served oldest first (so latency tails stay those of a FIFO queue), and a
+20-document request that arrives while a 1,000-document one runs is served in the next round, before that one's
+remainder, which in turn cannot be starved (later arrivals get later virtual finish times). The round's windows are
+then sorted by length across requests and cut into token-budget passes, so windows of similar length share a pass
+(attention pays for the longest window of its pass: merging requests window by window in arrival order mixed
+lengths and cost 4-7% of throughput on a CPU, measured). Work whose caller has gone (cancelled, or past its
+deadline) is dropped before it reaches the model, between passes. The queue is bounded in tokens: past the bound
+:meth:`Batcher.score` raises :class:`QueueFullError` at once.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ettin_rerank.batching import token_budget_batches
 from ettin_rerank.tokenization import Window
 
 logger = logging.getLogger(__name__)
@@ -29,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 INITIAL_TOKENS_PER_S = 10_000.0
 """Throughput assumed until the first pass is measured (only the order of requests depends on it)."""
+ROUND_PASSES = 4
+"""Passes' worth of tokens taken per round: enough to group windows by length, few enough that a request arriving
+meanwhile waits at most this many passes."""
 
 
 class QueueFullError(Exception):
@@ -103,6 +109,7 @@ class Batcher:
         max_batch_pairs: At most this many windows in one pass (``None``: only the budget).
         max_queued_tokens: Tokens allowed to wait; more raises :class:`QueueFullError`.
         merge_requests: Share passes between requests (``False``: each pass holds one request's windows).
+        round_passes: Passes' worth of tokens taken at a time and sorted by length before cutting them into passes.
         stats: Receives per-batch measurements.
     """
 
@@ -114,6 +121,7 @@ class Batcher:
         max_batch_pairs: int | None = None,
         max_queued_tokens: int,
         merge_requests: bool = True,
+        round_passes: int = ROUND_PASSES,
         stats: BatchStats | None = None,
     ) -> None:
         self._score_windows = score_windows
@@ -121,6 +129,7 @@ class Batcher:
         self.max_batch_pairs = max_batch_pairs
         self.max_queued_tokens = max_queued_tokens
         self.merge_requests = merge_requests
+        self.round_passes = round_passes
         self._stats = stats or BatchStats()
         self._jobs: deque[_Job] = deque()
         self._queued_tokens = 0
@@ -140,6 +149,7 @@ class Batcher:
             self._stopping = True
             if not drain:
                 for job in self._jobs:
+                    job.cancelled = True  # passes already taken skip its windows
                     self._fail(job, BatcherStoppedError("the server is shutting down"))
                 self._jobs.clear()
                 self._queued_tokens = 0
@@ -214,8 +224,9 @@ class Batcher:
                     if self._stopping:
                         return
                     continue
-                batch = self._take_batch()
-            self._execute(batch)
+                passes = self._take_round()
+            for batch in passes:
+                self._execute(batch)
 
     def _drop_abandoned(self) -> None:
         now = time.monotonic()
@@ -226,31 +237,37 @@ class Batcher:
                 if not job.cancelled:
                     self._fail(job, DeadlineExceededError("the deadline passed while the request waited"))
 
-    def _take_batch(self) -> list[tuple[_Job, int]]:
-        """Windows for one pass: requests by virtual finish time, each one's longest windows first."""
+    def _take_round(self) -> list[list[tuple[_Job, int]]]:
+        """Windows for the next passes: requests by virtual finish time, each one's longest windows first, up to
+        ``round_passes`` passes' worth of tokens; then sorted by length across requests and cut into passes."""
         jobs = sorted((job for job in self._jobs if job.pending), key=lambda job: job.finish_by)
         if not self.merge_requests:
             jobs = jobs[:1]
-        batch: list[tuple[_Job, int]] = []
-        longest = 0
+        budget = self.round_passes * self.max_batch_tokens
+        taken: list[tuple[_Job, int]] = []
+        tokens = 0
         for job in jobs:
-            while job.pending:
-                grown = max(longest, job.next_length())
-                if batch and ((len(batch) + 1) * grown > self.max_batch_tokens or len(batch) == self.max_batch_pairs):
-                    break
-                batch.append((job, job.order[job.cursor]))
+            while job.pending and (not taken or tokens + job.next_length() <= budget):
+                index = job.order[job.cursor]
+                taken.append((job, index))
+                tokens += len(job.windows[index].input_ids)
                 job.cursor += 1
-                longest = grown
                 if not job.started:
                     job.started = True
                     self._stats.queue_wait(time.monotonic() - job.enqueued)
-        for job, index in batch:
-            self._queued_tokens -= len(job.windows[index].input_ids)
+            if job.pending:
+                break
+        self._queued_tokens -= tokens
         self._jobs = deque(job for job in self._jobs if job.pending or job.remaining)
         self._stats.queued(self._queued_tokens, sum(len(j.order) - j.cursor for j in self._jobs))
-        return batch
+        lengths = [len(job.windows[index].input_ids) for job, index in taken]
+        return [[taken[k] for k in batch]
+                for batch in token_budget_batches(lengths, self.max_batch_tokens, self.max_batch_pairs)]
 
     def _execute(self, batch: list[tuple[_Job, int]]) -> None:
+        batch = [(job, index) for job, index in batch if not job.cancelled]  # its caller left during the round
+        if not batch:
+            return
         windows = [job.windows[index] for job, index in batch]
         tokens = sum(len(w.input_ids) for w in windows)
         start = time.perf_counter()
