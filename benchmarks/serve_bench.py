@@ -31,6 +31,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -176,9 +177,8 @@ def replay_suite(folder: Path, kinds: list[str], count: int, rounds: int) -> lis
     for kind in kinds:
         windows = [engine.prepare([q], [(0, d) for d in docs]).windows for q, docs in requests_for(kind, count, seed=8)]
         runs: dict[str, list[dict]] = {"alone": [], "merged": []}
-        for round_number in range(rounds):
-            for name in sorted(runs, reverse=round_number % 2 == 1):
-                runs[name].append(asyncio.run(replay(engine, windows, merge=name == "merged")))
+        for name in alternated(runs, rounds):
+            runs[name].append(asyncio.run(replay(engine, windows, merge=name == "merged")))
         rows = {name: median_run(runs[name]) for name in runs}
         ratio = rows["merged"]["pairs_per_s"] / rows["alone"]["pairs_per_s"]
         results.append({"kind": kind, "rows": rows, "throughput_ratio_merged_vs_alone": ratio})
@@ -187,6 +187,13 @@ def replay_suite(folder: Path, kinds: list[str], count: int, rounds: int) -> lis
             print(f"  {name:<8} {row['pairs_per_s']:>8.1f} pairs/s  {row['passes']:>5} passes  "
                   f"{row['padded_tokens']:>9} padded tokens ({row['padded_tokens'] / row['tokens'] - 1:+.1%})")
     return results
+
+
+def alternated(names: Iterable[str], rounds: int) -> Iterator[str]:
+    """The variants ``rounds`` times, the order swapped every round so that neither always goes first."""
+    ordered = sorted(names)
+    for round_number in range(rounds):
+        yield from reversed(ordered) if round_number % 2 else ordered
 
 
 def median_run(runs: list[dict]) -> dict:
@@ -238,9 +245,8 @@ def main() -> int:
                 runs: dict[str, list[dict]] = {name: [] for name in servers}
                 for server in servers.values():
                     run_scenario(server, requests[:2], 1, 600)  # warm-up
-                for round_number in range(args.rounds):  # same requests, variants back to back, order swapped
-                    for name in sorted(servers, reverse=round_number % 2 == 1):
-                        runs[name].append(run_scenario(servers[name], requests, level, 600))
+                for name in alternated(servers, args.rounds):  # same requests, variants back to back
+                    runs[name].append(run_scenario(servers[name], requests, level, 600))
                 rows = {name: median_run(runs[name]) for name in servers}
                 ratio = rows["merged"]["pairs_per_s"] / rows["alone"]["pairs_per_s"]
                 report["scenarios"].append({"kind": kind, "concurrency": level, "rows": rows,

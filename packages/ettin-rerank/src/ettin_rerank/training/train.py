@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin_rerank.training.data import Example, TrainingData
-from ettin_rerank.training.report import Verdict, doc_key, evaluate, heldout_from_scores, heldout_of, verdict
+from ettin_rerank.training.report import Heldout, Verdict, doc_key, evaluate, heldout_from_scores, heldout_of, verdict
 
 logger = logging.getLogger(__name__)
 
@@ -158,23 +158,28 @@ def load_data(config: TrainConfig) -> TrainingData:
     if config.teacher is not None:
         from ettin_rerank.training.teacher import teacher_scores
 
+        # Without held-out labels the teacher's ranking is what training is measured against: score those rows too,
+        # in the same pass (one teacher load).
+        unlabelled = not _has_relevant(heldout_of(data))
+        rows = [*data.train, *data.heldout] if unlabelled else data.train
         cache = config.teacher_cache or str(Path(config.output).with_suffix(".teacher-scores.jsonl"))
-        data.train = teacher_scores(data.train, config.teacher, cache, **config.engine_options)
+        scored = teacher_scores(rows, config.teacher, cache, **config.engine_options)
+        data.train = scored[: len(data.train)]
+        if unlabelled:
+            data.heldout = scored[len(data.train) :]
     return data
 
 
-def _heldout_teacher_scores(config: TrainConfig, data: TrainingData) -> dict[tuple[str, str], float]:
-    """The teacher's logit of every held-out pair (from the data, or scored now through the same cache)."""
-    rows = data.heldout
-    if config.teacher is not None:
-        from ettin_rerank.training.teacher import teacher_scores
+def _has_relevant(heldout: Heldout) -> bool:
+    return any(grade > 0 for judged in heldout.qrels.values() for grade in judged.values())
 
-        cache = config.teacher_cache or str(Path(config.output).with_suffix(".teacher-scores.jsonl"))
-        rows = teacher_scores(rows, config.teacher, cache, **config.engine_options)
-    if any(row.score is None for row in rows):
+
+def _heldout_teacher_scores(data: TrainingData) -> dict[tuple[str, str], float]:
+    """The teacher's logit of every held-out pair (from the data, or scored with the training rows)."""
+    if any(row.score is None for row in data.heldout):
         msg = "held-out rows have neither labels nor teacher scores: there is nothing to measure the training against"
         raise ValueError(msg)
-    return {(row.query, row.document): float(row.score) for row in rows}
+    return {(row.query, row.document): float(row.score) for row in data.heldout}
 
 
 def _loss(objective: str, model: Any, train: list[Example]) -> Any:
@@ -243,11 +248,11 @@ def train(config: TrainConfig) -> TrainReport:
     objective = resolve_objective(config, data)
     heldout = heldout_of(data)
     relevance = "labels"
-    if not any(grade > 0 for judged in heldout.qrels.values() for grade in judged.values()):
+    if not _has_relevant(heldout):
         if objective != "distill":
             msg = "no held-out query has a relevant document: there is nothing to measure the training against"
             raise ValueError(msg)
-        heldout = heldout_from_scores(data, _heldout_teacher_scores(config, data))
+        heldout = heldout_from_scores(data, _heldout_teacher_scores(data))
         data.heldout = [Example(e.query, e.document, float(heldout.qrels[e.query].get(doc_key(e.document), 0)),
                                 e.score) for e in data.heldout]
         relevance = "teacher"
