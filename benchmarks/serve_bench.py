@@ -224,6 +224,8 @@ def main() -> int:
     count = args.requests or (12 if args.quick else 64)
     levels = [int(x) for x in args.levels.split(",")] if args.levels else [1, 8] if args.quick else [1, 8, 32]
     kinds = args.kinds.split(",") if args.kinds else ["rag20", "rag5"] if args.quick else list(SIZES)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if unknown := set(kinds) - set(SIZES):
         parser.error(f"unknown scenario(s) {sorted(unknown)}: choose from {', '.join(SIZES)}")
     report = {"cpu": cpu_capability(), "shape": args.shape, "quick": args.quick, "requests_per_scenario": count,
