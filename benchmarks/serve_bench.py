@@ -39,7 +39,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import httpx
 from bench import ROOT, natural_pairs
 from ettin_rerank import Reranker, build_untrained_checkpoint
-from ettin_rerank.device import cpu_capability
+from ettin_rerank.engine.device import cpu_capability
 from ettin_rerank.serving.batcher import Batcher
 
 VARIANTS = {"merged": [], "alone": ["--no-merge"]}

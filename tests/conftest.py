@@ -146,7 +146,7 @@ def silent_hub(monkeypatch):
     import socket
     import threading
 
-    from ettin_rerank import loading
+    from ettin_rerank.engine import loading
 
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

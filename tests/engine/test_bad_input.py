@@ -153,7 +153,7 @@ def test_numbers_are_accepted_as_numbers(reranker):
 
 def test_bfloat16_is_never_picked_on_a_cpu_without_native_bfloat16(monkeypatch):
     import torch
-    from ettin_rerank.device import cpu_has_native_bf16, resolve_dtype
+    from ettin_rerank.engine.device import cpu_has_native_bf16, resolve_dtype
 
     flags = open("/proc/cpuinfo").read().split() if __import__("os").path.exists("/proc/cpuinfo") else []
     native = "avx512_bf16" in flags or "amx_bf16" in flags

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from ettin_rerank import Reranker
-from ettin_rerank.attention import available_backends
+from ettin_rerank.engine.attention import available_backends
 
 pytestmark = pytest.mark.gpu
 

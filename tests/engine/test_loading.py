@@ -8,7 +8,7 @@ import time
 
 import pytest
 from ettin_rerank import ETTIN_SHAPES, ModelLoadError, ModelNotFoundError, Reranker, ettin_shape, is_untrained
-from ettin_rerank.loading import HubOptions, hub_id_for, resolve_model_path
+from ettin_rerank.engine.loading import HubOptions, hub_id_for, resolve_model_path
 
 
 def test_six_sizes_with_published_shapes():
@@ -106,7 +106,7 @@ def test_untrained_checkpoints_are_marked(tiny_checkpoint):
 
 def test_dtype_defaults(tiny_checkpoint):
     import torch
-    from ettin_rerank.device import cpu_has_native_bf16
+    from ettin_rerank.engine.device import cpu_has_native_bf16
 
     engine = Reranker(tiny_checkpoint, device="cpu")
     assert engine.dtype == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from ettin_rerank import Reranker
-from ettin_rerank.long_documents import window_spans
+from ettin_rerank.engine.windows import window_spans
 from sentence_transformers import CrossEncoder
 from transformers import AutoTokenizer
 

@@ -120,7 +120,7 @@ def modernbert_classifier(request, tmp_path_factory, tokenizer_folder):
 
 
 def test_modernbert_sequence_classifiers_run_packed_with_the_same_scores(modernbert_classifier, make_text):
-    from ettin_rerank.scorers import PackedModernBertScorer
+    from ettin_rerank.engine.scorers import PackedModernBertScorer
 
     query = "which gene drives the immune response"
     documents = [make_text(n) for n in (2, 30, 64, 65, 129, 300, 900)]

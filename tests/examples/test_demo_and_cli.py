@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from ettin_rerank.cli import main
-from ettin_rerank.demo import demo_corpus
+from ettin_rerank.evaluation.demo import demo_corpus
 
 
 def _cli(*args, env_extra=None, stdin=None):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from ettin_rerank.shared import shared_engines
+from ettin_rerank.adapters.shared import shared_engines
 from haystack import Document
 from haystack.utils import ComponentDevice
 from haystack_integrations.components.rankers.ettin import EttinRanker

@@ -12,10 +12,10 @@ import time
 import httpx
 import numpy as np
 import pytest
+from ettin_rerank.engine.tokenization import Window
 from ettin_rerank.serving import ServerConfig
 from ettin_rerank.serving.batcher import Batcher
 from ettin_rerank.serving.server import BackgroundServer
-from ettin_rerank.tokenization import Window
 
 WORDS = "protein cell gene disease study results patients clinical treatment effect data risk brain".split()
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from ettin_rerank.backend import ADAPTER_MAX_TOKENS_PER_DOC, Backend, BackendUser, EngineSpec, RemoteSpec
+from ettin_rerank.adapters import (
+    ADAPTER_MAX_TOKENS_PER_DOC,
+    Activation,
+    Backend,
+    BackendUser,
+    EngineArgs,
+    RemoteSpec,
+    Strategy,
+)
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 
@@ -14,7 +20,7 @@ class EttinSettings(BackendUser, BaseModel):
 
     model: str = "17m"
     """Ettin size (``17m`` ... ``1b``), local folder or hub id."""
-    activation: Literal["sigmoid", "none", "calibrated"] = "sigmoid"
+    activation: Activation = "sigmoid"
     """``"sigmoid"`` for relevance in [0, 1], ``"none"`` for raw logits, ``"calibrated"`` for the fitted map."""
     device: str | None = None
     """``"cpu"``, ``"cuda"``, ``"mps"``...; ``None`` picks CUDA, then MPS, then the CPU."""
@@ -22,7 +28,7 @@ class EttinSettings(BackendUser, BaseModel):
     """``"float32"``, ``"bfloat16"`` or ``"float16"``; ``None`` is automatic."""
     max_length: int | None = None
     """Tokens per window; ``None`` uses the model's limit (7,999 for Ettin)."""
-    long_document_strategy: Literal["max", "mean", "truncate"] = "max"
+    long_document_strategy: Strategy = "max"
     """What to do past the window: the best window's score, the mean of the windows, or the head only."""
     window_overlap: int | None = Field(default=None, ge=0)
     """Tokens shared by consecutive windows of a long document (``None``: 128)."""
@@ -59,11 +65,11 @@ class EttinSettings(BackendUser, BaseModel):
         self._call_options()
         return self
 
-    def _engine_spec(self) -> EngineSpec | RemoteSpec:
+    def _engine_spec(self) -> EngineArgs | RemoteSpec:
         if self.base_url is not None:
             api_key = self.api_key.get_secret_value() if self.api_key else None
             return RemoteSpec(self.base_url, api_key=api_key, timeout=self.timeout)
-        return EngineSpec(
+        return EngineArgs(
             model=self.model, device=self.device, dtype=self.dtype, revision=self.revision,
             token=self.token.get_secret_value() if self.token else None, cache_folder=self.cache_folder,
             local_files_only=self.local_files_only, attention=self.attention, batch_tokens=self.batch_tokens,

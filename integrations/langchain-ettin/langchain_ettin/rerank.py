@@ -6,8 +6,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from ettin_rerank.results import RerankResult
-from ettin_rerank.validation import check_count, check_query, check_threshold
+from ettin_rerank.adapters import RerankResult, check_count, check_query, check_threshold
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import Field, model_validator

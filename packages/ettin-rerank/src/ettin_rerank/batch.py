@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
+from ettin_rerank.args import EngineArgs
 from ettin_rerank.errors import MissingExtraError
+from ettin_rerank.options import RerankOptions
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-    from ettin_rerank.engine import Reranker
+    from ettin_rerank.engine.reranker import Reranker
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +44,9 @@ class BatchConfig:
         score_column: Name of the output score (raw logit unless ``activation`` says otherwise).
         rank: Add ``rank`` (1 = best) within each query (grouped by ``group_column``, default the query text).
         activation: ``"none"`` (raw logits, default), ``"sigmoid"`` or ``"calibrated"``.
-        engine_options: Further :class:`~ettin_rerank.Reranker` arguments (``device``, ``dtype``, ``max_length``...).
+        engine_options: Further :class:`~ettin_rerank.Reranker` arguments (``device``, ``dtype``, ``max_length``...):
+            those of :class:`~ettin_rerank.args.EngineArgs` become :attr:`engine_args`, the others the per-call
+            :attr:`options`.
     """
 
     model: str = "17m"
@@ -54,9 +58,29 @@ class BatchConfig:
     activation: str = "none"
     engine_options: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        unknown = set(self.engine_options) - {*EngineArgs.names(), *RerankOptions.names()} - {"model"}
+        if unknown:
+            msg = f"unknown engine option(s): {', '.join(sorted(unknown))}"
+            raise TypeError(msg)
+        self.engine_args  # noqa: B018 -- checked now, not on the first row
+        self.options  # noqa: B018
+
     @property
     def group_by(self) -> str:
         return self.group_column or self.query_column
+
+    @property
+    def engine_args(self) -> EngineArgs:
+        """Which model scores the rows, and how."""
+        given = {k: v for k, v in self.engine_options.items() if k in EngineArgs.names()}
+        return EngineArgs(**{**given, "model": self.model})
+
+    @property
+    def options(self) -> RerankOptions:
+        """The per-pair options (window, strategy, ``activation``...)."""
+        given = {k: v for k, v in self.engine_options.items() if k in RerankOptions.names()}
+        return RerankOptions().merged({**given, "activation": self.activation})
 
 
 def _require_pyarrow() -> Any:
@@ -122,7 +146,7 @@ def score_batch(engine: Reranker, batch: pa.RecordBatch, config: BatchConfig) ->
             msg += f" in column {bad!r}; every row needs text in both {config.query_column!r} and "
             msg += f"{config.document_column!r}"
             raise ValueError(msg)
-    scores = engine.score_pairs(list(zip(queries, documents, strict=True)), activation=config.activation)
+    scores = engine.score_pairs(list(zip(queries, documents, strict=True)), options=config.options)
     return batch.append_column(config.score_column, pa.array(scores, type=pa.float64()))
 
 
@@ -149,7 +173,7 @@ def rerank_file(source: str | Path, output: str | Path, config: BatchConfig, *,
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ettin_rerank.engine import Reranker
+    from ettin_rerank.engine.reranker import Reranker
 
     output = Path(output)
     if output.exists() and output.is_dir():
@@ -163,7 +187,7 @@ def rerank_file(source: str | Path, output: str | Path, config: BatchConfig, *,
     _check_columns(first, config, str(source))
     output.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
-    with Reranker(config.model, show_progress_bar=False, **config.engine_options) as engine, \
+    with Reranker.from_args(config.engine_args, config.options, show_progress_bar=False) as engine, \
             tqdm(total=count_rows(source), unit="pair", desc="Reranking", disable=not show_progress_bar) as bar:
         scored = []
         writer = None
@@ -194,10 +218,10 @@ class DatasetScorer:
     """The ``map_batches`` callable on Ray Data: loads the engine once per actor, scores each batch."""
 
     def __init__(self, config: BatchConfig) -> None:
-        from ettin_rerank.engine import Reranker
+        from ettin_rerank.engine.reranker import Reranker
 
         self.config = config
-        self.engine = Reranker(config.model, show_progress_bar=False, **config.engine_options)
+        self.engine = Reranker.from_args(config.engine_args, config.options, show_progress_bar=False)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow as pa

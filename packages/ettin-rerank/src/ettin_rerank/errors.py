@@ -1,4 +1,4 @@
-"""Exceptions raised by ettin-rerank."""
+"""Every exception a caller of ettin-rerank catches (the server's queue errors live with its batcher)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,19 @@ class MissingExtraError(ImportError):
     def __init__(self, extra: str, missing: str) -> None:
         super().__init__(f"{missing} is not installed: pip install \"ettin-rerank[{extra}]\"")
         self.extra = extra
+
+
+class CancelledError(RuntimeError):
+    """The caller of a call went away (its asyncio task was cancelled); the work stopped between batches."""
+
+
+class InputError(ValueError):
+    """A file cannot be read as asked; the message names the file (and line, where there is one)."""
+
+
+class RemoteRerankError(RuntimeError):
+    """An ettin-rerank server answered with an error; ``status`` is its HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"rerank server answered {status}: {message}")
+        self.status = status

@@ -12,14 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ettin_rerank.errors import InputError
 from ettin_rerank.validation import check_encodable
 
 FORMATS = ("auto", "jsonl", "lines")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
-
-
-class InputError(ValueError):
-    """A file cannot be read as asked; the message names the file (and line, where there is one)."""
 
 
 def read_text(source: str | Path) -> str:

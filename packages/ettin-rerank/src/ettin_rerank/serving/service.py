@@ -15,7 +15,7 @@ from ettin_rerank.serving.metrics import ServerMetrics
 from ettin_rerank.validation import check_query
 
 if TYPE_CHECKING:
-    from ettin_rerank.engine import Reranker
+    from ettin_rerank.engine.reranker import Reranker
 
 logger = logging.getLogger(__name__)
 
@@ -50,13 +50,11 @@ class RerankService:
 
     def start(self) -> None:
         """Load the model, start the worker, and warm up with one tiny pass (blocking: call it off the loop)."""
-        from ettin_rerank.engine import Reranker
+        from ettin_rerank.engine.reranker import Reranker
 
         config = self.config
         if self.engine is None:
-            self.engine = Reranker(config.model, device=config.device, dtype=config.dtype, attention=config.attention,
-                                   batch_tokens=config.max_batch_tokens, batch_size=config.max_batch_pairs,
-                                   local_files_only=config.local_files_only)
+            self.engine = Reranker.from_args(config.engine_args)
         budget = config.max_batch_tokens or self.engine.batch_tokens
         self.batcher = Batcher(
             self.engine.score_windows, max_batch_tokens=budget,

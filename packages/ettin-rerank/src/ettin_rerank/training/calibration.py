@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from ettin_rerank.activation import CALIBRATION_FILE, Calibration, sigmoid
+from ettin_rerank.args import EngineArgs
+from ettin_rerank.engine.activation import CALIBRATION_FILE, Calibration, sigmoid
 
 
 def fit_platt(logits: Sequence[float], labels: Sequence[float], *, iterations: int = 100) -> Calibration:
@@ -108,17 +109,22 @@ def write_calibration(folder: str | Path, calibration: Calibration, **details: A
     return path
 
 
-def calibrate(model: str, data: str, *, output: str | None = None, holdout: float = 0.3, seed: int = 12,
-              split: str = "train", candidates: int = 20, retriever: str | None = None,
-              **engine_options: Any) -> CalibrationReport:
+def calibrate(engine: EngineArgs, data: str, *, output: str | None = None, holdout: float = 0.3, seed: int = 12,
+              split: str = "train", candidates: int = 20, retriever: str | None = None) -> CalibrationReport:
     """Score the labelled pairs of ``data`` (JSONL pairs or groups with labels, or a BEIR folder: ``split``'s
-    judged queries and their ``candidates`` retrieved by ``retriever``) with ``model``, fit the map, and store it
-    in the model folder (or, for a hub model or with ``output``, in a copy of the model at ``output``)."""
-    from ettin_rerank.engine import Reranker
-    from ettin_rerank.loading import HubOptions, resolve_model_path
+    judged queries and their ``candidates`` retrieved by ``retriever``) with the model of ``engine``, fit the map,
+    and store it in the model folder (or, for a hub model or with ``output``, in a copy of the model at
+    ``output``)."""
+    from dataclasses import replace
+
+    from ettin_rerank.engine.loading import HubOptions, resolve_model_path
+    from ettin_rerank.engine.reranker import Reranker
     from ettin_rerank.training.data import detect_layout, load_examples
 
-    folder = resolve_model_path(model, HubOptions())
+    model = engine.model
+    folder = resolve_model_path(model, HubOptions(revision=engine.revision, token=engine.token,
+                                                  cache_folder=engine.cache_folder,
+                                                  local_files_only=engine.local_files_only))
     if Path(data).is_dir() and detect_layout(data) == "beir":
         examples = _beir_examples(data, split, candidates, retriever)
     else:
@@ -127,8 +133,8 @@ def calibrate(model: str, data: str, *, output: str | None = None, holdout: floa
     if not labelled:
         msg = f"{data} has no labelled pairs to calibrate on"
         raise ValueError(msg)
-    with Reranker(folder, show_progress_bar=False, **engine_options) as engine:
-        logits = engine.score_pairs([(e.query, e.document) for e in labelled])
+    with Reranker.from_args(replace(engine, model=folder), show_progress_bar=False) as reranker:
+        logits = reranker.score_pairs([(e.query, e.document) for e in labelled])
     labels = [1.0 if (e.label or 0) > 0 else 0.0 for e in labelled]
     calibration, before, after, fitted, tested = calibrate_pairs(logits, labels, [e.query for e in labelled],
                                                                  holdout=holdout, seed=seed)
@@ -150,17 +156,14 @@ def _beir_examples(folder: str, split: str, candidates: int, retriever: str | No
     """The pairs a reranker sees: each judged query's top ``candidates`` from the retriever, labelled by the qrels
     (unjudged = not relevant)."""
     from ettin_rerank.evaluation.beir import load_beir
+    from ettin_rerank.evaluation.compare import search_corpus
     from ettin_rerank.evaluation.retrieval import QdrantRetriever
     from ettin_rerank.training.data import Example
 
     data = load_beir(folder, split)
-    search = QdrantRetriever(retriever, collection="ettin-calibrate")
-    doc_ids = list(data.corpus)
-    search.index(doc_ids, [data.document_text(d) for d in doc_ids], show_progress_bar=True)
-    query_ids = list(data.queries)
-    hits = search.search([data.queries[q] for q in query_ids], candidates)
+    hits, _ = search_corpus(data, QdrantRetriever(retriever, collection="ettin-calibrate"), data.queries, candidates)
     return [Example(data.queries[qid], data.document_text(h.doc_id), float(data.qrels[qid].get(h.doc_id, 0) > 0))
-            for qid, row in zip(query_ids, hits, strict=True) for h in row]
+            for qid, row in hits.items() for h in row]
 
 
 __all__ = ["CalibrationReport", "calibrate", "expected_calibration_error", "fit_platt"]

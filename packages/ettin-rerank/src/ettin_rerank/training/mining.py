@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ettin_rerank.evaluation.beir import BeirData, Qrels, load_beir
+from ettin_rerank.evaluation.compare import search_corpus
 from ettin_rerank.training.data import Example, TrainingData, add_random_negatives
 
 if TYPE_CHECKING:
@@ -56,11 +57,9 @@ def prepare_beir(
     if not train_ids:
         msg = f"{folder}: no training queries are left after holding out {len(heldout_qrels)} for evaluation"
         raise ValueError(msg)
-    doc_ids = list(data.corpus)
-    retriever.index(doc_ids, [data.document_text(d) for d in doc_ids], show_progress_bar=True)
     heldout_ids = list(heldout_qrels)
-    hits = retriever.search([queries[q] for q in [*heldout_ids, *train_ids]], candidates)
-    by_query = dict(zip([*heldout_ids, *train_ids], hits, strict=True))
+    by_query, _ = search_corpus(data, retriever, {q: queries[q] for q in [*heldout_ids, *train_ids]}, candidates)
+    doc_ids = list(data.corpus)
 
     def labelled(qid: str, qrels: Qrels) -> list[Example]:
         return [Example(queries[qid], data.document_text(h.doc_id), float(qrels.get(qid, {}).get(h.doc_id, 0)))

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from ettin_rerank.evaluation.significance import Verdict, paired_bootstrap, per_query_ndcg
+from ettin_rerank.args import EngineArgs
+from ettin_rerank.evaluation.metrics import Verdict, metrics, paired_bootstrap, per_query_ndcg
 from ettin_rerank.training.data import TrainingData
 
 
@@ -65,21 +65,19 @@ def heldout_from_scores(data: TrainingData, scores: dict[tuple[str, str], float]
     return Heldout(heldout.candidates, qrels)
 
 
-def evaluate(model: str | Path, data: TrainingData, heldout: Heldout, **engine_options: Any) -> dict[str, Any]:
-    """Rerank every held-out query's candidates with ``model``: metrics of retrieval alone and reranked, and the
-    per-query NDCG@10 the verdict compares."""
-    from ettin_rerank.engine import Reranker
-    from ettin_rerank.evaluation.run import metrics
+def evaluate(engine: EngineArgs, data: TrainingData, heldout: Heldout) -> dict[str, Any]:
+    """Rerank every held-out query's candidates with the model of ``engine``: metrics of retrieval alone and
+    reranked, and the per-query NDCG@10 the verdict compares."""
+    from ettin_rerank.engine.reranker import Reranker
+    from ettin_rerank.evaluation.compare import rerank_run
 
     texts = {doc_key(d): d for d in [*data.documents, *(r.document for r in data.heldout)]}
     if "heldout_retrieval" in data.notes:
         texts |= {doc_key(d): d for rows in data.notes["heldout_retrieval"].values() for d, _ in rows}
     retrieval = {q: dict(rows) for q, rows in heldout.candidates.items()}
-    reranked = {}
-    with Reranker(model, show_progress_bar=False, **engine_options) as engine:
-        for query, rows in heldout.candidates.items():
-            results = engine.rerank(query, [texts[d] for d, _ in rows])
-            reranked[query] = {rows[r.index][0]: r.logit for r in results}
+    candidates = {q: [(d, texts[d]) for d, _ in rows] for q, rows in heldout.candidates.items()}
+    with Reranker.from_args(engine, show_progress_bar=False) as reranker:
+        reranked = rerank_run(reranker, {q: q for q in candidates}, candidates)
     return {"retrieval": metrics(heldout.qrels, retrieval, heldout.top_k),
             "reranked": metrics(heldout.qrels, reranked, heldout.top_k),
             "ndcg_per_query": per_query_ndcg(heldout.qrels, reranked)}

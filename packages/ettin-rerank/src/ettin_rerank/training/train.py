@@ -15,10 +15,11 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ettin_rerank.args import EngineArgs
 from ettin_rerank.training.data import Example, TrainingData
 from ettin_rerank.training.report import Heldout, Verdict, doc_key, evaluate, heldout_from_scores, heldout_of, verdict
 
@@ -76,7 +77,6 @@ class TrainConfig:
     overwrite: bool = False
     dry_run: bool = False
     layout: str = "auto"
-    engine_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -92,6 +92,11 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 msg = f"{name} must be > 0, but got {getattr(self, name)}"
                 raise ValueError(msg)
+
+    @property
+    def engine_args(self) -> EngineArgs:
+        """How the base model (and the teacher, with its ``model`` replaced) are loaded to score pairs."""
+        return EngineArgs(model=self.base, device=self.device)
 
 
 @dataclass
@@ -163,7 +168,7 @@ def load_data(config: TrainConfig) -> TrainingData:
         unlabelled = not _has_relevant(heldout_of(data))
         rows = [*data.train, *data.heldout] if unlabelled else data.train
         cache = config.teacher_cache or str(Path(config.output).with_suffix(".teacher-scores.jsonl"))
-        scored = teacher_scores(rows, config.teacher, cache, **config.engine_options)
+        scored = teacher_scores(rows, replace(config.engine_args, model=config.teacher), cache)
         data.train = scored[: len(data.train)]
         if unlabelled:
             data.heldout = scored[len(data.train) :]
@@ -232,7 +237,7 @@ def train(config: TrainConfig) -> TrainReport:
     Raises:
         ValueError: bad configuration or data (named), an output that is the base or is not empty.
     """
-    from ettin_rerank.loading import HubOptions, resolve_model_path
+    from ettin_rerank.engine.loading import HubOptions, resolve_model_path
 
     _require_extra()
     started = time.perf_counter()
@@ -265,14 +270,14 @@ def train(config: TrainConfig) -> TrainReport:
         report.seconds = seconds
         return report
     start = time.perf_counter()
-    report.before = evaluate(base_path, data, heldout, **config.engine_options)
+    report.before = evaluate(replace(config.engine_args, model=base_path), data, heldout)
     seconds["evaluate_before"] = time.perf_counter() - start
     start = time.perf_counter()
     report.steps, report.evaluations = _fit(config, objective, data, base_path, output)
     seconds["train"] = time.perf_counter() - start
     report.seconds_per_step = seconds["train"] / max(1, report.steps)
     start = time.perf_counter()
-    report.after = evaluate(output, data, heldout, **config.engine_options)
+    report.after = evaluate(replace(config.engine_args, model=output), data, heldout)
     seconds["evaluate_after"] = time.perf_counter() - start
     report.verdict = verdict(report.before["ndcg_per_query"], report.after["ndcg_per_query"])
     report.output = str(output)
@@ -386,7 +391,7 @@ def _write_record(config: TrainConfig, report: TrainReport, output: Path) -> Non
     from ettin_rerank import __version__
 
     record = {
-        "config": {k: v for k, v in asdict(config).items() if k != "engine_options"},
+        "config": asdict(config),
         "objective": report.objective, "counts": report.counts, "steps": report.steps,
         "heldout_relevance": report.relevance,
         "kept_step": report.best_step, "evaluations": report.evaluations,

@@ -7,19 +7,22 @@ from dataclasses import replace
 from math import inf
 from typing import Any, Literal
 
-from ettin_rerank.backend import (
+from ettin_rerank.adapters import (
     ADAPTER_MAX_TOKENS_PER_DOC,
     Backend,
-    EngineSpec,
+    EngineArgs,
     Fusion,
     RemoteSpec,
+    RerankOptions,
+    RerankResult,
     adapter_options,
     check_fusion_weight,
+    check_list_of,
+    check_query,
+    check_top_k,
     open_async,
+    open_backend,
 )
-from ettin_rerank.options import RerankOptions
-from ettin_rerank.results import RerankResult
-from ettin_rerank.validation import check_list_of, check_query, check_top_k
 from haystack import Document, component, default_from_dict, default_to_dict
 from haystack.utils import ComponentDevice, Secret, deserialize_secrets_inplace
 from haystack.utils.hf import deserialize_hf_model_kwargs, serialize_hf_model_kwargs
@@ -178,7 +181,7 @@ class EttinRanker:
         self._options = self._call_options(scale_score, calibration_factor)
         self._backend: Backend | None = None
 
-    def _engine_spec(self) -> EngineSpec | RemoteSpec:
+    def _engine_spec(self) -> EngineArgs | RemoteSpec:
         if self.url is not None:
             api_key = self.api_key.resolve_value() if self.api_key else None
             return RemoteSpec(self.url, api_key=api_key, timeout=self.timeout)
@@ -199,7 +202,7 @@ class EttinRanker:
         if attention is not None and attention not in _ATTENTION_FROM_TRANSFORMERS:
             msg = f"model_kwargs['attn_implementation'] must be one of {', '.join(_ATTENTION_FROM_TRANSFORMERS)}"
             raise ValueError(msg)
-        return EngineSpec(
+        return EngineArgs(
             model=self.model,
             device=ComponentDevice.resolve_device(self.device).to_torch_str() if self.device else None,
             dtype=self.dtype or (str(dtype) if dtype is not None else None),
@@ -228,7 +231,7 @@ class EttinRanker:
     def warm_up(self) -> None:
         """Loads the model (once; every component on the same checkpoint, device and dtype shares it)."""
         if self._backend is None:
-            self._backend = self._spec.open()
+            self._backend = open_backend(self._spec)
 
     async def warm_up_async(self) -> None:
         """Loads the model on a worker thread, so `Pipeline.run_async` never blocks its event loop."""

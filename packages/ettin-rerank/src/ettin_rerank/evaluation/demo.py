@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import shutil
 import textwrap
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from importlib import resources
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ettin_rerank.checkpoints import build_untrained_checkpoint, is_untrained
-from ettin_rerank.engine import Reranker
+from ettin_rerank.args import EngineArgs
+from ettin_rerank.checkpoints import default_embedding_model, is_untrained, untrained_checkpoint
 from ettin_rerank.errors import ModelNotFoundError
-from ettin_rerank.evaluation.retrieval import QdrantRetriever, default_embedding_model
-from ettin_rerank.loading import HubOptions, resolve_model_path
+from ettin_rerank.evaluation.retrieval import QdrantRetriever
+from ettin_rerank.options import RerankOptions
+
+if TYPE_CHECKING:
+    from ettin_rerank.engine.reranker import Reranker
 
 DEMO_QUERIES = (
     "How do I reset the battery after it overheats?",
@@ -31,14 +33,12 @@ def demo_corpus() -> list[dict[str, str]]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def cache_folder() -> Path:
-    return Path(os.environ.get("ETTIN_RERANK_CACHE", Path.home() / ".cache" / "ettin-rerank"))
-
-
 def resolve_demo_model(model: str | None = None) -> tuple[str, bool]:
     """``(model, untrained)``: the named model, or by default ``17m`` if it can be found or downloaded, else a
     locally built untrained checkpoint of the 17m shape (said in one line). A model the user names is never
     replaced: if it cannot be found, ``ModelNotFoundError`` says so."""
+    from ettin_rerank.engine.loading import HubOptions, resolve_model_path
+
     name = model or "17m"
     try:
         path = resolve_model_path(name, HubOptions())
@@ -50,15 +50,6 @@ def resolve_demo_model(model: str | None = None) -> tuple[str, bool]:
     return str(path), is_untrained(path)
 
 
-def untrained_checkpoint() -> Path:
-    """The untrained 17m-shaped checkpoint in the cache folder, built on first use (a few seconds)."""
-    folder = cache_folder() / "untrained-17m"
-    if not (folder / "modules.json").exists():
-        shutil.rmtree(folder, ignore_errors=True)
-        build_untrained_checkpoint(folder, tokenizer=default_embedding_model(), shape="17m")
-    return folder
-
-
 def embedding_label(model: str) -> str:
     return "all-MiniLM-L6-v2 (offline package)" if model == default_embedding_model() else model
 
@@ -68,38 +59,53 @@ def _snippet(text: str, width: int) -> str:
     return flat if len(flat) <= width else flat[: width - 1] + "…"
 
 
-def run_demo(args: argparse.Namespace) -> int:
-    """``ettin-rerank demo``: print a before/after table with timings per stage for each query."""
+def run_demo(
+    engine: EngineArgs | None = None,
+    options: RerankOptions | None = None,
+    *,
+    fallback: bool | None = None,
+    queries: Sequence[str] | None = None,
+    qdrant_url: str | None = None,
+    qdrant_path: str | None = None,
+    embedding_model: str | None = None,
+    top_k: int = 10,
+    show: int = 5,
+) -> None:
+    """``ettin-rerank demo``: print a before/after table with timings per stage for each query.
+
+    ``engine``: the reranker (default: ``17m``); ``fallback``: whether a model that cannot be found is replaced by
+    an untrained 17m-shaped checkpoint (said on screen); default: only when no ``engine`` is given.
+    """
     from transformers.utils import logging as transformers_logging
 
-    from ettin_rerank.cli import engine_kwargs
+    from ettin_rerank.engine.reranker import Reranker
 
     transformers_logging.disable_progress_bar()
+    fallback = engine is None if fallback is None else fallback
+    engine = engine or EngineArgs()
     corpus = demo_corpus()
-    model, untrained = resolve_demo_model(args.model)
+    model, untrained = resolve_demo_model(None if fallback else str(engine.model))
     start = time.perf_counter()
-    retriever = QdrantRetriever(args.embedding_model, url=args.qdrant_url, path=args.qdrant_path,
-                                collection="ettin-demo")
+    retriever = QdrantRetriever(embedding_model, url=qdrant_url, path=qdrant_path, collection="ettin-demo")
     load_embedder = time.perf_counter() - start
     index_seconds = retriever.index(
         [d["_id"] for d in corpus], [f"{d['title']}\n{d['text']}" for d in corpus],
         [{"title": d["title"], "text": d["text"]} for d in corpus],
     )
     start = time.perf_counter()
-    reranker = Reranker(model, **engine_kwargs(args))
+    reranker = Reranker.from_args(replace(engine, model=model), options)
     load_reranker = time.perf_counter() - start
     print(f"Corpus: {len(corpus)} documents ({sum(len(d['text'].split()) > 500 for d in corpus)} long), "
           f"embedded with {embedding_label(retriever.embedding_model)} into Qdrant ({retriever.location}) "
           f"in {index_seconds:.1f} s")
-    print(f"Reranker: {args.model or '17m'} -> {reranker!r}, loaded in {load_reranker:.1f} s "
+    print(f"Reranker: {engine.model} -> {reranker!r}, loaded in {load_reranker:.1f} s "
           f"(embedder {load_embedder:.1f} s)")
     if untrained:
         print(f"NOTE: {UNTRAINED_NOTE}.")
     print("Columns: new = rank after reranking, was = rank from embedding search (arrow: moved up/down), "
           "score = reranker score (raw logit), read = what the reranker read of the document.")
-    for query in args.query or DEMO_QUERIES:
-        _show_query(query, retriever, reranker, args.top_k, args.show)
-    return 0
+    for query in queries or DEMO_QUERIES:
+        _show_query(query, retriever, reranker, top_k, show)
 
 
 def _show_query(query: str, retriever: QdrantRetriever, reranker: Reranker, top_k: int, show: int) -> None:

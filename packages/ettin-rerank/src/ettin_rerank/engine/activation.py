@@ -12,10 +12,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-ACTIVATIONS: tuple[str, ...] = ("none", "sigmoid", "calibrated")
-"""``none``: the raw logit; ``sigmoid``: ``1 / (1 + exp(-factor * logit))``; ``calibrated``: the model's fitted
-logit -> probability map (``ettin-rerank calibrate``)."""
-
 
 def sigmoid(value: float) -> float:
     """Numerically stable logistic function in float64 (NaN stays NaN)."""
@@ -61,7 +57,7 @@ def load_calibration(folder: str | Path) -> Calibration | None:
 
 def activate(logit: float, activation: str, calibration_factor: float = 1.0,
              calibration: Calibration | None = None) -> float:
-    """The score for ``logit`` under ``activation`` (see :data:`ACTIVATIONS`)."""
+    """The score for ``logit`` under ``activation`` (one of :data:`~ettin_rerank.options.ACTIVATIONS`)."""
     if activation == "none":
         return float(logit)
     if activation == "sigmoid":

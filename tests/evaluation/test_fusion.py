@@ -8,7 +8,8 @@ import random
 
 import pytest
 from ettin_rerank.cli import main
-from ettin_rerank.fusion import FusionQuery, fuse, minmax, tune_alpha
+from ettin_rerank.evaluation.fusion import FusionQuery, tune_alpha
+from ettin_rerank.results import fuse, minmax
 
 
 def test_minmax_and_fuse():

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import os
 import threading
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from ettin_rerank.loading import HubOptions, resolve_model_path
+from ettin_rerank.args import EngineArgs
 
 if TYPE_CHECKING:
     import torch
 
-    from ettin_rerank.engine import Reranker
+    from ettin_rerank.engine.reranker import Reranker
 
 _ENGINES: dict[tuple, Reranker] = {}
 _USERS: dict[int, int] = {}
@@ -45,31 +46,41 @@ def shared_reranker(
 ) -> Reranker:
     """The process-wide :class:`~ettin_rerank.Reranker` for this checkpoint, loading it the first time.
 
-    Arguments are those of :class:`~ettin_rerank.Reranker` that decide what is loaded and how it runs. Give the
+    Arguments are those of :class:`~ettin_rerank.args.EngineArgs` (what is loaded and how it runs). Give the
     reference back with :func:`release_shared` when done (adapters do it in ``close()``).
     """
-    from ettin_rerank.device import resolve_device, resolve_dtype
-    from ettin_rerank.engine import Reranker
+    return shared_engine(EngineArgs(
+        model=model, device=device, dtype=dtype, revision=revision, token=token, cache_folder=cache_folder,
+        local_files_only=local_files_only, attention=attention, batch_tokens=batch_tokens, batch_size=batch_size,
+        trust_remote_code=trust_remote_code,
+    ))
 
-    hub = HubOptions(revision=revision, token=token, cache_folder=cache_folder, local_files_only=local_files_only)
-    path = resolve_model_path(model, hub).resolve()
-    resolved_device = resolve_device(device)
+
+def shared_engine(args: EngineArgs) -> Reranker:
+    """:func:`shared_reranker` for an :class:`~ettin_rerank.args.EngineArgs`."""
+    import torch
+
+    from ettin_rerank.engine.device import resolve_device, resolve_dtype
+    from ettin_rerank.engine.loading import HubOptions, resolve_model_path
+    from ettin_rerank.engine.reranker import Reranker
+
+    hub = HubOptions(revision=args.revision, token=args.token, cache_folder=args.cache_folder,
+                     local_files_only=args.local_files_only)
+    path = resolve_model_path(args.model, hub).resolve()
+    resolved_device = resolve_device(args.device)
     if resolved_device.type == "cuda" and resolved_device.index is None:
-        import torch
-
         resolved_device = torch.device("cuda", torch.cuda.current_device())
-    resolved_dtype = resolve_dtype(dtype, resolved_device)
-    key = (str(path), str(resolved_device), str(resolved_dtype), attention, batch_tokens, batch_size,
-           trust_remote_code)
+    resolved_dtype = resolve_dtype(args.dtype, resolved_device)
+    key = (str(path), str(resolved_device), str(resolved_dtype), args.attention, args.batch_tokens, args.batch_size,
+           args.trust_remote_code)
     with _LOCK:
         loading = _LOADING.setdefault(key, threading.Lock())
     with loading:  # one load per key, other keys load in parallel
         with _LOCK:
             engine = _ENGINES.get(key)
         if engine is None:
-            engine = Reranker(path, device=resolved_device, dtype=resolved_dtype, attention=attention,
-                              batch_tokens=batch_tokens, batch_size=batch_size, trust_remote_code=trust_remote_code)
-            engine.model_name = str(model)
+            engine = Reranker.from_args(replace(args, model=path, device=resolved_device, dtype=resolved_dtype))
+            engine.model_name = str(args.model)
         with _LOCK:
             _ENGINES[key] = engine
             _USERS[id(engine)] = _USERS.get(id(engine), 0) + 1

@@ -1,4 +1,5 @@
-"""Is a difference real? The paired bootstrap over queries, with a plain verdict."""
+"""Ranking metrics (``ir-measures``: NDCG@10, Recall@K, MRR@10) and whether a difference is real (the paired
+bootstrap over queries, with a plain verdict). The only module of the project that imports ``ir_measures``."""
 
 from __future__ import annotations
 
@@ -6,6 +7,37 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from ettin_rerank.evaluation.beir import Qrels
+
+Run = dict[str, dict[str, float]]
+
+
+def metrics(qrels: Qrels, run: Run, top_k: int) -> dict[str, float]:
+    """NDCG@10, Recall@K and MRR@10 of ``run``, averaged over the queries of ``qrels`` (ir-measures)."""
+    import ir_measures
+    from ir_measures import RR, R, nDCG
+
+    measures = {"NDCG@10": nDCG @ 10, f"Recall@{top_k}": R @ top_k, "MRR@10": RR @ 10}
+    values = ir_measures.calc_aggregate(list(measures.values()), qrels, run)
+    return {name: float(values[measure]) for name, measure in measures.items()}
+
+
+def ndcg_at_10(qrels: Qrels, run: Run) -> float:
+    """NDCG@10 of ``run`` averaged over the queries of ``qrels``."""
+    import ir_measures
+    from ir_measures import nDCG
+
+    return float(ir_measures.calc_aggregate([nDCG @ 10], qrels, run)[nDCG @ 10])
+
+
+def oracle_run(qrels: Qrels, run: Run) -> Run:
+    """Rerank each query's retrieved documents by their judged relevance (the best any reranker could do)."""
+    return {
+        qid: {doc_id: float(qrels.get(qid, {}).get(doc_id, 0)) + 1.0 / (rank + 2)
+              for rank, doc_id in enumerate(sorted(docs, key=docs.get, reverse=True))}
+        for qid, docs in run.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -44,7 +76,7 @@ def paired_bootstrap(before: Sequence[float], after: Sequence[float], *, resampl
     return Verdict(float(differences.mean()), float(low), float(high), len(differences))
 
 
-def per_query_ndcg(qrels: dict[str, dict[str, int]], run: dict[str, dict[str, float]]) -> list[float]:
+def per_query_ndcg(qrels: Qrels, run: Run) -> list[float]:
     """NDCG@10 of each query of ``qrels`` (0 for a query the run lacks), in ``qrels`` order."""
     import ir_measures
     from ir_measures import nDCG

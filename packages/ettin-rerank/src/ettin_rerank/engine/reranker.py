@@ -8,28 +8,27 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from ettin_rerank.activation import NOT_CALIBRATED, activate, load_calibration
-from ettin_rerank.attention import BACKENDS, resolve_attention
-from ettin_rerank.batching import token_budget_batches
-from ettin_rerank.device import resolve_device, resolve_dtype
-from ettin_rerank.loading import HubOptions, load_cross_encoder, resolve_model_path
-from ettin_rerank.long_documents import document_budget, query_limit, window_spans
+from ettin_rerank.args import EngineArgs
+from ettin_rerank.engine.activation import NOT_CALIBRATED, load_calibration
+from ettin_rerank.engine.budget import token_budget_batches
+from ettin_rerank.engine.device import resolve_device, resolve_dtype
+from ettin_rerank.engine.loading import HubOptions, load_cross_encoder, resolve_model_path
+from ettin_rerank.engine.scorers import Scorer, select_scorer
+from ettin_rerank.engine.tokenization import PairTokenizer, Window
+from ettin_rerank.engine.windows import PreparedPairs, prepare_pairs
+from ettin_rerank.errors import CancelledError
 from ettin_rerank.options import RerankOptions
-from ettin_rerank.pairs import PreparedPairs
 from ettin_rerank.results import RerankResult, rank
-from ettin_rerank.scorers import PackedModernBertScorer, PaddedScorer, Scorer
-from ettin_rerank.tokenization import PairTokenizer, Window
 from ettin_rerank.validation import (
-    check_count,
-    check_documents,
-    check_encodable,
-    check_positive,
-    check_query,
+    CheckedInput,
+    check_pairs,
+    check_query_lists,
     check_threshold,
     check_top_k,
 )
@@ -38,9 +37,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
 
-
-class CancelledError(RuntimeError):
-    """The caller of a call went away (its asyncio task was cancelled); the work stopped between batches."""
+__all__ = ["DEFAULT_BATCH_TOKENS", "CancelledError", "Reranker"]
 
 
 class Reranker:
@@ -57,7 +54,7 @@ class Reranker:
         max_length: Tokens per (query + document) window, special tokens included. Defaults to the model's
             limit (7,999 for the Ettin rerankers).
         long_document_strategy: ``"max"`` (default), ``"mean"`` or ``"truncate"``: what to do with a document longer
-            than the window (see :mod:`ettin_rerank.long_documents`). ``None`` means the default.
+            than the window (see :mod:`ettin_rerank.engine.windows`). ``None`` means the default.
         window_overlap: Tokens shared by consecutive windows of a long document. Defaults to 128 (a quarter of
             ``max_length`` when that is smaller).
         activation: ``"none"`` returns raw logits (as the models ship), ``"sigmoid"`` squashes them into (0, 1) in
@@ -104,38 +101,43 @@ class Reranker:
         trust_remote_code: bool = False,
         show_progress_bar: bool | None = None,
     ) -> None:
+        args = EngineArgs(model=model, device=device, dtype=dtype, revision=revision, token=token,
+                          cache_folder=cache_folder, local_files_only=local_files_only, attention=attention,
+                          batch_tokens=batch_tokens, batch_size=batch_size, trust_remote_code=trust_remote_code)
         defaults = RerankOptions().merged({
             "max_length": max_length, "long_document_strategy": long_document_strategy,
             "window_overlap": window_overlap, "activation": activation, "max_tokens_per_doc": max_tokens_per_doc,
         })
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        default_budget = DEFAULT_BATCH_TOKENS.get(self.device.type, 8192)
-        self.batch_tokens = check_positive(default_budget if batch_tokens is None else batch_tokens, "batch_tokens")
-        self.batch_size = check_count(batch_size, "batch_size")
-        if attention is not None and attention not in BACKENDS:
-            msg = f"attention must be one of {', '.join(BACKENDS)} or None, but got {attention!r}"
-            raise ValueError(msg)
-        hub = HubOptions(revision=revision, token=token, cache_folder=cache_folder, local_files_only=local_files_only)
-        self.model_path = resolve_model_path(model, hub)
-        self.model_name = str(model)
+        self._load(args, defaults, show_progress_bar)
+
+    @classmethod
+    def from_args(cls, args: EngineArgs, options: RerankOptions | None = None, *,
+                  show_progress_bar: bool | None = None) -> Reranker:
+        """Load the engine ``args`` describe; ``options`` are the defaults of every call (see
+        :class:`~ettin_rerank.options.RerankOptions`)."""
+        engine = cls.__new__(cls)
+        engine._load(args, options or RerankOptions(), show_progress_bar)
+        return engine
+
+    def _load(self, args: EngineArgs, defaults: RerankOptions, show_progress_bar: bool | None) -> None:
+        self.args = args
+        self.device = resolve_device(args.device)
+        self.dtype = resolve_dtype(args.dtype, self.device)
+        self.batch_tokens = args.batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 8192)
+        self.batch_size = args.batch_size
+        hub = HubOptions(revision=args.revision, token=args.token, cache_folder=args.cache_folder,
+                         local_files_only=args.local_files_only)
+        self.model_path = resolve_model_path(args.model, hub)
+        self.model_name = str(args.model)
         self._cross_encoder = load_cross_encoder(
-            self.model_path, device=self.device, dtype=self.dtype, trust_remote_code=trust_remote_code
+            self.model_path, device=self.device, dtype=self.dtype, trust_remote_code=args.trust_remote_code
         )
         self.model_max_length = int(self._cross_encoder.max_seq_length or 512)
         self.calibration = load_calibration(self.model_path)
         self._pair_tokenizer = PairTokenizer(self._cross_encoder.tokenizer)
         self.show_progress_bar = show_progress_bar
-        if PackedModernBertScorer.supports(self._cross_encoder):
-            self.attention, attention_fn = resolve_attention(attention, self.device, self.dtype)
-            self._scorer: Scorer | None = PackedModernBertScorer(self._cross_encoder, self.device, attention_fn)
-        else:
-            if attention not in (None, "sdpa"):
-                msg = f"attention={attention!r} needs a ModernBERT checkpoint; {model!r} runs padded with sdpa"
-                raise ValueError(msg)
-            self.attention = "sdpa"
-            pad_id = self._cross_encoder.tokenizer.pad_token_id or 0
-            self._scorer = PaddedScorer(self._cross_encoder, self.device, pad_id)
+        self._scorer: Scorer | None
+        self._scorer, self.attention = select_scorer(self._cross_encoder, self.device, self.dtype, args.attention)
         self._defaults = self._resolve(defaults)
         logger.info(
             "Loaded %s on %s (%s, attention=%s, max_length=%d)",
@@ -197,46 +199,28 @@ class Reranker:
         options.overlap_for(length)  # raises for an overlap that does not fit
         if options.activation == "calibrated" and self.calibration is None:
             raise ValueError(NOT_CALIBRATED)
-        return options.merged({"max_length": length})
+        return replace(options, max_length=length)
 
-    def call_options(self, **overrides: Any) -> RerankOptions:
-        """The engine's defaults with per-call ``overrides`` (see :class:`~ettin_rerank.options.RerankOptions`)."""
-        return self._resolve(self._defaults.merged(overrides))
+    def call_options(self, options: RerankOptions | None = None, /, **overrides: Any) -> RerankOptions:
+        """The options of one call, resolved against this model: ``options`` (or the engine's defaults) with
+        ``overrides`` applied; ``None`` fields keep the engine's defaults."""
+        base = self._defaults if options is None else self._defaults.merged(vars(options))
+        return self._resolve(base.merged(overrides))
 
     # ------------------------------------------------------------------ public API
+    #
+    # Every verb takes the per-call options as keywords (``max_length=...``) or as one ``options=RerankOptions``
+    # (what the adapters hold), or both (keywords win).
 
-    def score(self, query: str, documents: Sequence[str], **options: Any) -> list[float]:
+    def score(self, query: str, documents: Sequence[str], *, options: RerankOptions | None = None,
+              **overrides: Any) -> list[float]:
         """Scores of ``documents`` for ``query``, in input order."""
-        return self._score(query, documents, options)
+        return self._score_input(check_query_lists([query], [documents]), options, overrides)
 
-    def _score(self, query, documents, options, cancel: threading.Event | None = None) -> list[float]:
-        query = check_query(query)
-        documents = check_documents(documents)
-        prepared = self.prepare([query], [(0, d) for d in documents], options, name=_names("documents"))
-        return [r.score for r in self.run(prepared, cancel)]
-
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], **options: Any) -> list[float]:
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, options: RerankOptions | None = None,
+                    **overrides: Any) -> list[float]:
         """Scores of ``(query, document)`` pairs, in input order; queries may repeat or differ."""
-        return self._score_pairs(pairs, options)
-
-    def _score_pairs(self, pairs, options, cancel: threading.Event | None = None) -> list[float]:
-        if isinstance(pairs, (str, bytes)) or not isinstance(pairs, Sequence):
-            msg = f"pairs must be a list of (query, document) tuples, but got {type(pairs).__name__}"
-            raise TypeError(msg)
-        queries: dict[str, int] = {}
-        items = []
-        for position, pair in enumerate(pairs):
-            if not isinstance(pair, (tuple, list)) or len(pair) != 2:
-                msg = f"pairs[{position}] must be a (query, document) pair, but got {pair!r}"
-                raise TypeError(msg)
-            query = check_query(pair[0], f"pairs[{position}][0]")
-            if not isinstance(pair[1], str):
-                msg = f"pairs[{position}][1] must be a string, but got {type(pair[1]).__name__}"
-                raise TypeError(msg)
-            items.append((queries.setdefault(query, len(queries)), pair[1]))
-        prepared = self.prepare(list(queries), items, options, name=lambda i: f"pairs[{i}][1]",
-                                query_name=lambda q: f"pairs[{next(i for i, (n, _) in enumerate(items) if n == q)}][0]")
-        return [r.score for r in self.run(prepared, cancel)]
+        return self._score_input(check_pairs(pairs), options, overrides)
 
     def rerank(
         self,
@@ -246,7 +230,8 @@ class Reranker:
         *,
         score_threshold: float | None = None,
         return_documents: bool = False,
-        **options: Any,
+        options: RerankOptions | None = None,
+        **overrides: Any,
     ) -> list[RerankResult]:
         """Documents best first (by raw logit), each with its input ``index`` and ``score``.
 
@@ -256,13 +241,12 @@ class Reranker:
             top_k: Keep the best ``top_k`` (``None`` or more than there are documents: keep all).
             score_threshold: Keep only results whose ``score`` (after ``activation``) is at least this.
             return_documents: Put each document's text in its result.
-            **options: Per-call :class:`~ettin_rerank.options.RerankOptions`: ``max_length``,
-                ``long_document_strategy``, ``window_overlap``, ``activation``, ``calibration_factor``,
-                ``max_tokens_per_doc``, ``truncate_query``.
+            options: Per-call :class:`~ettin_rerank.options.RerankOptions` as one object.
+            **overrides: Per-call options by name: ``max_length``, ``long_document_strategy``, ``window_overlap``,
+                ``activation``, ``calibration_factor``, ``max_tokens_per_doc``, ``truncate_query``.
         """
-        return self.rerank_many(
-            [query], [documents], top_k, score_threshold=score_threshold, return_documents=return_documents, **options
-        )[0]
+        return self.rerank_many([query], [documents], top_k, score_threshold=score_threshold,
+                                return_documents=return_documents, options=options, **overrides)[0]
 
     def rerank_many(
         self,
@@ -272,51 +256,43 @@ class Reranker:
         *,
         score_threshold: float | None = None,
         return_documents: bool = False,
-        **options: Any,
+        options: RerankOptions | None = None,
+        **overrides: Any,
     ) -> list[list[RerankResult]]:
         """:meth:`rerank` for many queries in one pass (``documents[i]`` belongs to ``queries[i]``)."""
-        return self._rerank_many(queries, documents, top_k, score_threshold, return_documents, options)
+        return self._rerank_many(queries, documents, top_k, score_threshold, return_documents,
+                                 self.call_options(options, **overrides))
 
-    def _rerank_many(self, queries, documents, top_k, score_threshold, return_documents, options,  # noqa: PLR0917
-                     cancel: threading.Event | None = None) -> list[list[RerankResult]]:
+    def _score_input(self, checked: CheckedInput, options: RerankOptions | None, overrides: dict[str, Any],
+                     cancel: threading.Event | None = None) -> list[float]:
+        prepared = self._prepare_checked(checked, self.call_options(options, **overrides))
+        return [r.score for r in self.run(prepared, cancel)]
+
+    def _rerank_many(self, queries, documents, top_k, score_threshold, return_documents,  # noqa: PLR0917
+                     options: RerankOptions, cancel: threading.Event | None = None) -> list[list[RerankResult]]:
         top_k = check_top_k(top_k)
         score_threshold = check_threshold(score_threshold)
-        if isinstance(queries, str) or not isinstance(queries, Sequence):
-            msg = f"queries must be a list of strings, but got {type(queries).__name__}"
-            raise TypeError(msg)
-        if isinstance(documents, str) or not isinstance(documents, Sequence) or len(documents) != len(queries):
-            msg = "documents must be a list with one list of documents per query"
-            raise ValueError(msg)
-        single = len(queries) == 1
-        queries = [check_query(q, "query" if single else f"queries[{i}]") for i, q in enumerate(queries)]
-        lists = [check_documents(d, "documents" if single else f"documents[{i}]") for i, d in enumerate(documents)]
-        items = [(q, doc) for q, docs in enumerate(lists) for doc in docs]
-        starts = [0]
-        for docs in lists:
-            starts.append(starts[-1] + len(docs))
-
-        def name(position: int) -> str:
-            q = next(i for i in range(len(lists)) if starts[i + 1] > position)
-            return f"documents[{position}]" if single else f"documents[{q}][{position - starts[q]}]"
-
-        prepared = self.prepare(queries, items, options, name=name,
-                                query_name=lambda q: "query" if single else f"queries[{q}]")
-        results = iter(self.run(prepared, cancel))
+        checked = check_query_lists(queries, documents)
+        results = iter(self.run(self._prepare_checked(checked, options), cancel))
         ranked = []
-        for docs in lists:
-            rows = [next(results) for _ in docs]
+        position = 0
+        for size in checked.sizes:
+            rows = [next(results) for _ in range(size)]
             if return_documents:
-                rows = [_with_document(row, docs[row.index]) for row in rows]
+                rows = [replace(row, document=checked.items[position + row.index][1]) for row in rows]
+            position += size
             ranked.append(rank(rows, top_k, score_threshold))
         return ranked
 
-    async def ascore(self, query: str, documents: Sequence[str], **options: Any) -> list[float]:
+    async def ascore(self, query: str, documents: Sequence[str], *, options: RerankOptions | None = None,
+                     **overrides: Any) -> list[float]:
         """:meth:`score` on a worker thread, so the event loop keeps running; cancelling it stops the work."""
-        return await self._in_thread(self._score, query, documents, options)
+        return await self._in_thread(self._score_input, check_query_lists([query], [documents]), options, overrides)
 
-    async def ascore_pairs(self, pairs: Sequence[tuple[str, str]], **options: Any) -> list[float]:
+    async def ascore_pairs(self, pairs: Sequence[tuple[str, str]], *, options: RerankOptions | None = None,
+                           **overrides: Any) -> list[float]:
         """:meth:`score_pairs` on a worker thread; cancelling it stops the work."""
-        return await self._in_thread(self._score_pairs, pairs, options)
+        return await self._in_thread(self._score_input, check_pairs(pairs), options, overrides)
 
     async def arerank(
         self,
@@ -326,15 +302,15 @@ class Reranker:
         *,
         score_threshold: float | None = None,
         return_documents: bool = False,
-        **options: Any,
+        options: RerankOptions | None = None,
+        **overrides: Any,
     ) -> list[RerankResult]:
         """:meth:`rerank` on a worker thread; concurrent calls run in parallel (PyTorch releases the GIL).
 
         Cancelling the awaiting task stops the work at the next batch, so an abandoned call frees the model.
         """
-        rows = await self._in_thread(
-            self._rerank_many, [query], [documents], top_k, score_threshold, return_documents, options
-        )
+        rows = await self.arerank_many([query], [documents], top_k, score_threshold=score_threshold,
+                                       return_documents=return_documents, options=options, **overrides)
         return rows[0]
 
     async def arerank_many(
@@ -345,12 +321,12 @@ class Reranker:
         *,
         score_threshold: float | None = None,
         return_documents: bool = False,
-        **options: Any,
+        options: RerankOptions | None = None,
+        **overrides: Any,
     ) -> list[list[RerankResult]]:
         """:meth:`rerank_many` on a worker thread; cancelling it stops the work."""
-        return await self._in_thread(
-            self._rerank_many, queries, documents, top_k, score_threshold, return_documents, options
-        )
+        return await self._in_thread(self._rerank_many, queries, documents, top_k, score_threshold,
+                                     return_documents, self.call_options(options, **overrides))
 
     @staticmethod
     async def _in_thread(function: Callable, *args: Any) -> Any:
@@ -373,49 +349,21 @@ class Reranker:
     ) -> PreparedPairs:
         """Tokenize ``(query number, document)`` items (queries already checked) and lay out their windows.
 
-        The windows can be scored by :meth:`score_windows` (or together with other calls' windows); then
-        :meth:`PreparedPairs.results` gives the results. ``name`` and ``query_name`` label inputs in errors.
+        ``options``: a :class:`~ettin_rerank.options.RerankOptions` or overrides by name; either way resolved
+        against this model. The windows can be scored by :meth:`score_windows` (or together with other calls'
+        windows); then :meth:`PreparedPairs.results` gives the results. ``name`` and ``query_name`` label inputs in
+        errors.
         """
-        opts = options if isinstance(options, RerankOptions) else self.call_options(**(options or {}))
-        tok = self._pair_tokenizer
-        limit = query_limit(opts.max_length, tok.template.num_special)
-        query_ids = [self._encode_query(q, functools.partial(query_name, i), limit, opts)
-                     for i, q in enumerate(queries)]
-        budgets = [document_budget(opts.max_length, len(ids), tok.template.num_special) for ids in query_ids]
-        texts = [doc for _, doc in items]
-        try:
-            encoded = tok.encode_documents(texts)
-        except (TypeError, ValueError, RuntimeError, UnicodeError):
-            check_encodable(texts, name)  # raises naming the culprit (a lone surrogate, say)
-            raise
-        windows: list[Window] = []
-        overlap = opts.overlap_for(opts.max_length)
-        keep_tail = opts.truncation_direction == "left"
-        for pair, ((q, _), doc) in enumerate(zip(items, encoded, strict=True)):
-            readable = len(doc.ids) if opts.max_tokens_per_doc is None else min(len(doc.ids), opts.max_tokens_per_doc)
-            first = len(doc.ids) - readable if keep_tail else 0
-            for start, end in window_spans(readable, budgets[q], opts.long_document_strategy, overlap, start=first,
-                                           keep_tail=keep_tail):
-                windows.append(tok.build(pair, query_ids[q], doc.ids, start, end))
-        activation = functools.partial(activate, activation=opts.activation,
-                                       calibration_factor=opts.calibration_factor, calibration=self.calibration)
-        return PreparedPairs(items=list(items), documents=encoded, windows=windows,
-                             strategy=opts.long_document_strategy, activate=activation)
+        if isinstance(options, RerankOptions):
+            resolved = self.call_options(options)
+        else:
+            resolved = self.call_options(**(options or {}))
+        return prepare_pairs(self._pair_tokenizer, queries, items, resolved, self.calibration, name=name,
+                             query_name=query_name)
 
-    def _encode_query(self, query: str, name: Callable[[], str], limit: int, options: RerankOptions) -> list[int]:
-        try:
-            ids = self._pair_tokenizer.encode_query(query)
-        except (TypeError, ValueError, RuntimeError, UnicodeError):
-            check_encodable([query], lambda _: name())
-            raise
-        if not ids:
-            msg = f"{name()} has no tokens for this model (only characters its tokenizer drops); give it some text"
-            raise ValueError(msg)
-        if len(ids) > limit and options.truncate_query:
-            logger.warning("%s is %d tokens long; only its first %d tokens are read (half of max_length=%d)",
-                           name(), len(ids), limit, options.max_length)
-            ids = ids[:limit]
-        return ids
+    def _prepare_checked(self, checked: CheckedInput, options: RerankOptions) -> PreparedPairs:
+        return prepare_pairs(self._pair_tokenizer, checked.queries, checked.items, options, self.calibration,
+                             name=checked.document_name, query_name=checked.query_name)
 
     def run(self, prepared: PreparedPairs, cancel: threading.Event | None = None) -> list[RerankResult]:
         """Score every window of ``prepared`` and return its results (in input order)."""
@@ -444,13 +392,3 @@ class Reranker:
                 raise CancelledError(msg)
             scores[batch] = scorer([windows[i] for i in batch]).cpu()
         return scores.tolist()
-
-
-def _names(argument: str) -> Callable[[int], str]:
-    return lambda position: f"{argument}[{position}]"
-
-
-def _with_document(result: RerankResult, document: str) -> RerankResult:
-    from dataclasses import replace
-
-    return replace(result, document=document)

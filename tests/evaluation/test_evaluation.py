@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 from ettin_rerank.evaluation.beir import load_beir
+from ettin_rerank.evaluation.compare import retrieve
+from ettin_rerank.evaluation.metrics import metrics, oracle_run
 from ettin_rerank.evaluation.retrieval import QdrantRetriever
-from ettin_rerank.evaluation.run import metrics, oracle_run, retrieve
 from ettin_rerank.inputs import InputError
 
 SCIFACT = Path(__file__).resolve().parents[2].parent / "shared" / "assets" / "scifact"

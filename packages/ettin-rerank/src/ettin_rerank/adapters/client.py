@@ -14,18 +14,14 @@ from typing import Any
 
 import httpx
 
+from ettin_rerank.errors import RemoteRerankError
+from ettin_rerank.options import RerankOptions
 from ettin_rerank.results import RerankResult, TextSpan
 from ettin_rerank.validation import check_documents, check_query
 
+__all__ = ["RemoteRerankError", "RemoteReranker"]
+
 RETRIED = (429, 503)
-
-
-class RemoteRerankError(RuntimeError):
-    """The server answered with an error; ``status`` is its HTTP status."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"rerank server answered {status}: {message}")
-        self.status = status
 
 
 class RemoteReranker:
@@ -49,18 +45,20 @@ class RemoteReranker:
         self._sync = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
         self._async_options = {"base_url": self.base_url, "headers": headers, "timeout": timeout}
 
-    def _body(self, query: str, documents: Sequence[str], top_k: int | None, score_threshold: float | None,
+    @staticmethod
+    def _body(query: str, documents: Sequence[str], top_k: int | None, score_threshold: float | None,
               options: dict[str, Any]) -> dict[str, Any]:
         check_query(query)
         return {"query": query, "documents": check_documents(documents), "top_k": top_k,
                 "score_threshold": score_threshold, "options": {k: v for k, v in options.items() if v is not None}}
 
     def rerank(self, query: str, documents: Sequence[str], top_k: int | None = None, *,
-               score_threshold: float | None = None, **options: Any) -> list[RerankResult]:
+               score_threshold: float | None = None, options: RerankOptions | None = None,
+               **overrides: Any) -> list[RerankResult]:
         """As :meth:`ettin_rerank.Reranker.rerank`, computed by the server."""
         if not documents:
             return []
-        body = self._body(query, documents, top_k, score_threshold, options)
+        body = self._body(query, documents, top_k, score_threshold, _given(options, overrides))
         for _ in range(self.max_retries):
             response = self._sync.post("/ettin/v1/rerank", json=body)
             if response.status_code not in RETRIED:
@@ -69,11 +67,12 @@ class RemoteReranker:
         return _results(self._sync.post("/ettin/v1/rerank", json=body))
 
     async def arerank(self, query: str, documents: Sequence[str], top_k: int | None = None, *,
-                      score_threshold: float | None = None, **options: Any) -> list[RerankResult]:
+                      score_threshold: float | None = None, options: RerankOptions | None = None,
+                      **overrides: Any) -> list[RerankResult]:
         """As :meth:`ettin_rerank.Reranker.arerank`, computed by the server."""
         if not documents:
             return []
-        body = self._body(query, documents, top_k, score_threshold, options)
+        body = self._body(query, documents, top_k, score_threshold, _given(options, overrides))
         async with httpx.AsyncClient(**self._async_options) as client:
             for _ in range(self.max_retries):
                 response = await client.post("/ettin/v1/rerank", json=body)
@@ -82,19 +81,25 @@ class RemoteReranker:
                 await asyncio.sleep(_retry_after(response))
             return _results(await client.post("/ettin/v1/rerank", json=body))
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], **options: Any) -> list[float]:
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, options: RerankOptions | None = None,
+                    **overrides: Any) -> list[float]:
         """Scores of ``(query, document)`` pairs in input order (one request per distinct query)."""
         by_query: dict[str, list[int]] = {}
         for position, (query, _) in enumerate(pairs):
             by_query.setdefault(query, []).append(position)
         scores = [0.0] * len(pairs)
         for query, positions in by_query.items():
-            for result in self.rerank(query, [pairs[p][1] for p in positions], **options):
+            for result in self.rerank(query, [pairs[p][1] for p in positions], options=options, **overrides):
                 scores[positions[result.index]] = result.score
         return scores
 
     def close(self) -> None:
         self._sync.close()
+
+
+def _given(options: RerankOptions | None, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The options to send: the object's, then the keyword overrides."""
+    return {**(options.as_dict() if options is not None else {}), **overrides}
 
 
 def _retry_after(response: httpx.Response) -> float:

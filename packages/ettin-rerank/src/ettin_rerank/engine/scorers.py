@@ -15,15 +15,28 @@ from typing import Protocol
 
 import torch
 
-from ettin_rerank.attention import AttentionFn
-from ettin_rerank.packing import PackedBatch, pack
-from ettin_rerank.tokenization import Window
+from ettin_rerank.engine.attention import AttentionFn, resolve_attention
+from ettin_rerank.engine.packing import PackedBatch, pack
+from ettin_rerank.engine.tokenization import Window
 
 _SUPPORTED_POOLING = ("cls", "mean")
 
 
 class Scorer(Protocol):
     def __call__(self, windows: list[Window]) -> torch.Tensor: ...
+
+
+def select_scorer(cross_encoder, device: torch.device, dtype: torch.dtype,
+                  attention: str | None) -> tuple[Scorer, str]:
+    """The scorer for a loaded checkpoint and the attention backend it runs: packed for ModernBERT (``attention``
+    as asked, else the fastest usable), padded with ``sdpa`` for any other cross-encoder."""
+    if PackedModernBertScorer.supports(cross_encoder):
+        name, attention_fn = resolve_attention(attention, device, dtype)
+        return PackedModernBertScorer(cross_encoder, device, attention_fn), name
+    if attention not in (None, "sdpa"):
+        msg = f"attention={attention!r} needs a ModernBERT checkpoint; this model runs padded with sdpa"
+        raise ValueError(msg)
+    return PaddedScorer(cross_encoder, device, cross_encoder.tokenizer.pad_token_id or 0), "sdpa"
 
 
 class PaddedScorer:

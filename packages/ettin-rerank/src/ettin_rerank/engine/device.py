@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+from ettin_rerank.options import DTYPES
+
+_DTYPES = {name: getattr(torch, canonical) for name, canonical in DTYPES.items()}
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

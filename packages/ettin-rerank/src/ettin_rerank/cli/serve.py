@@ -1,0 +1,70 @@
+"""``ettin-rerank serve``: the rerank server, here or on Ray Serve."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ettin_rerank.cli.common import add_engine_args
+from ettin_rerank.options import ADAPTER_MAX_TOKENS_PER_DOC
+
+
+def register(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="rerank server for Cohere / Jina / TEI / infinity clients "
+                                "(needs ettin-rerank[server])")
+    add_engine_args(serve, batch_aliases=True)
+    serve.add_argument("--served-model-name", default=None, help="the model name responses report")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' (or set ETTIN_API_KEY)")
+    serve.add_argument("--max-queued-tokens", type=int, default=None,
+                       help="tokens waiting for the model before 429 (default: 8 batches)")
+    serve.add_argument("--max-documents", type=int, default=1000, help="documents per request at most")
+    serve.add_argument("--max-body-bytes", type=int, default=2_000_000, help="request body size at most")
+    serve.add_argument("--request-timeout", type=float, default=60.0, help="seconds a request may wait (then 503)")
+    serve.add_argument("--max-tokens-per-doc", type=int, default=ADAPTER_MAX_TOKENS_PER_DOC,
+                       help="default cap on tokens read per document")
+    serve.add_argument("--no-merge", action="store_true",
+                       help="run each request's windows on their own (for comparison; slower)")
+    serve.add_argument("--activation", choices=("sigmoid", "calibrated"), default="sigmoid",
+                       help="relevance_score as the sigmoid of the logit, or from the model's calibration "
+                       "(ettin-rerank calibrate)")
+    serve.add_argument("--calibrated", dest="activation", action="store_const", const="calibrated",
+                       help="the same as --activation calibrated")
+    serve.add_argument("--strict-model-name", action="store_true",
+                       help="answer 404 to requests naming another model (default: ignore the name)")
+    ray = serve.add_argument_group("Ray Serve (needs ettin-rerank[ray])")
+    ray.add_argument("--ray", action="store_true", help="serve on Ray Serve: replicas, autoscaling, several nodes")
+    ray.add_argument("--ray-address", default=None, help="an existing cluster ('auto', 'ray://head:10001'); "
+                     "default: start Ray here")
+    ray.add_argument("--replicas", type=int, default=1, help="replicas (each loads the model once)")
+    ray.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="autoscale between MIN and MAX replicas")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0)
+    ray.add_argument("--gpus-per-replica", type=float, default=0.0, help="fractions share a GPU (0.25: four)")
+    serve.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from ettin_rerank.serving import ServerConfig, serve
+    from ettin_rerank.serving.config import API_KEY_ENV
+
+    config = ServerConfig(
+        model=args.model, revision=args.revision, served_model_name=args.served_model_name, device=args.device,
+        dtype=args.dtype, attention=args.attention, max_batch_tokens=args.batch_tokens,
+        max_batch_pairs=args.batch_size, max_queued_tokens=args.max_queued_tokens, max_documents=args.max_documents,
+        max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout, merge_requests=not args.no_merge,
+        max_tokens_per_doc=args.max_tokens_per_doc, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
+        strict_model_name=args.strict_model_name, activation=args.activation,
+    )
+    if not args.ray:
+        serve(config, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
+        return 0
+    from ettin_rerank.serving.ray import run
+
+    autoscale = None
+    if args.autoscale:
+        low, _, high = args.autoscale.partition(":")
+        autoscale = (int(low), int(high or low))
+    run(config, host=args.host, port=args.port, address=args.ray_address, replicas=args.replicas,
+        autoscale=autoscale, cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica)
+    return 0
