@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
+import shutil
 from pathlib import Path
 
 import pytest
 from ettin_rerank.evaluation.beir import load_beir
 from ettin_rerank.evaluation.compare import retrieve
+from ettin_rerank.evaluation.demo import demo_corpus
 from ettin_rerank.evaluation.metrics import metrics, oracle_run
 from ettin_rerank.evaluation.retrieval import QdrantRetriever
 from ettin_rerank.inputs import InputError
@@ -69,21 +72,97 @@ def _mini_beir(folder: Path) -> Path:
     return folder
 
 
-def test_eval_command_writes_results_and_a_plot(tmp_path, tiny_checkpoint, capsys):
+ROOT = Path(__file__).resolve().parents[2]
+BEIR_DEMO = ROOT / "examples" / "beir-demo"
+
+
+def _leaderboard_folder(folder: Path, source: Path = BEIR_DEMO, unpublished: int = 3) -> Path:
+    """``source`` as a public leaderboard ships it: qrels judging more queries than ``queries.jsonl`` publishes."""
+    shutil.copytree(source, folder)
+    with (folder / "qrels" / "test.tsv").open("a") as qrels:
+        qrels.writelines(f"hidden-{i}\tbees\t1\n" for i in range(unpublished))
+    return folder
+
+
+def test_the_readme_eval_example_runs_on_a_leaderboard_like_folder(tmp_path, tiny_checkpoint, capsys):
+    """The README's example folder ships with the clone; as a leaderboard folder (qrels judging queries that
+    queries.jsonl lacks) it is evaluated on the queries with text, says how many it left out, draws both charts
+    with short names and paired intervals, and prints no transformers loading bar."""
     from ettin_rerank.cli import main
 
-    data = _mini_beir(tmp_path / "mini")
+    readme = (ROOT / "README.md").read_text()
+    examples = re.findall(r"ettin-rerank eval (\S+)", readme)
+    assert "examples/beir-demo" in examples, "the README's eval example must use a folder a clone has"
+    assert not [path for path in examples if path.startswith(("../", "/"))], "a path outside the clone"
+    assert load_beir(BEIR_DEMO).corpus == {d["_id"]: {"title": d["title"], "text": d["text"]} for d in demo_corpus()}
+
+    data = _leaderboard_folder(tmp_path / "leaderboard")
     out = tmp_path / "out"
-    assert main(["eval", str(data), "--model", str(tiny_checkpoint), "--top-k", "10", "--output", str(out)]) == 0
-    printed = capsys.readouterr().out
+    assert main(["eval", str(data), "--model", str(tiny_checkpoint), "--top-k", "10", "--fusion", "--output",
+                 str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "judges 3 quer(ies) that queries.jsonl does not hold" in captured.err and "--strict" in captured.err
+    assert "Loading weights" not in captured.err and "Reranking (" in captured.err  # our bar, with a total
+    printed = captured.out
+    assert "10 queries" in printed and "3 judged quer(ies) without text left out" in printed
     assert "NDCG@10" in printed and "Recall@10" in printed and "MRR@10" in printed and "pairs/s" in printed
+    assert "NDCG@10 vs retrieval (95% CI)" in printed and str(tiny_checkpoint) not in printed
     result = json.loads((out / "eval.json").read_text())
+    assert result["settings"]["queries"] == 10 and result["settings"]["judged_without_text"] == 3
     [model] = result["models"]
     assert result["complete"] and model["model"] == str(tiny_checkpoint) and model["untrained"]
-    assert set(result["retrieval"]) == set(model["metrics"]) == {"NDCG@10", "Recall@10", "MRR@10"}
+    assert model["label"] == f"{tiny_checkpoint.name} (UNTRAINED)"
+    assert set(result["retrieval"]) == set(model["metrics"]) == set(model["vs_retrieval"]) == {
+        "NDCG@10", "Recall@10", "MRR@10"}
     assert result["retrieval"]["Recall@10"] == pytest.approx(model["metrics"]["Recall@10"])  # same documents
+    for name, compared in model["vs_retrieval"].items():
+        assert compared["low"] <= compared["delta"] <= compared["high"]
+        assert compared["delta"] == pytest.approx(model["metrics"][name] - result["retrieval"][name], abs=1e-9)
+    assert model["vs_retrieval"]["Recall@10"] == {"delta": 0.0, "low": 0.0, "high": 0.0, "verdict": "same"}
+    assert model["fusion"]["dev_split"] == "dev" and model["fusion"]["dev_queries"] == 6
     assert set(result["seconds"]) == {"index", "retrieve"} and model["pairs_per_s"] > 0 and model["seconds"] > 0
-    assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for chart in ("eval.png", "accuracy-vs-speed.png"):
+        assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.iterdir()) == ["accuracy-vs-speed.png", "eval.json", "eval.png"]
+
+
+def _result(label: str, values: dict[str, float], pairs_per_s: float, low: float, high: float,
+            retrieval: dict[str, float]):
+    from ettin_rerank.evaluation.compare import ModelResult
+
+    versus = {name: {"delta": values[name] - retrieval[name], "low": low, "high": high, "verdict": "better"}
+              for name in values}
+    return ModelResult(model=f"/somewhere/deep/{label}", label=label, metrics=values, seconds=1.0,
+                       pairs_per_s=pairs_per_s, peak_memory_mib=10.0, vs_retrieval=versus)
+
+
+def test_charts_print_values_name_models_shortly_and_draw_the_paired_interval():
+    from ettin_rerank.evaluation.compare import bar_chart, short_labels, speed_chart
+
+    assert short_labels(["17m", "cross-encoder/ettin-reranker-150m-v1", str(BEIR_DEMO)]) == [
+        "17m", "ettin-reranker-150m-v1", "beir-demo"]
+    retrieval = {"NDCG@10": 0.60, "Recall@100": 0.90, "MRR@10": 0.55}
+    small = _result("17m", {"NDCG@10": 0.70, "Recall@100": 0.90, "MRR@10": 0.65}, 240.0, 0.06, 0.14, retrieval)
+    large = _result("150m", {"NDCG@10": 0.75, "Recall@100": 0.90, "MRR@10": 0.70}, 12.0, 0.10, 0.20, retrieval)
+
+    [bars] = bar_chart(retrieval, [small, large], "t").axes
+    assert [t.get_text() for t in bars.get_legend().get_texts()] == ["retrieval alone", "+ 17m", "+ 150m"]
+    values = sorted(t.get_text() for t in bars.texts)
+    assert values == sorted(f"{v:.3f}" for r in (retrieval, small.metrics, large.metrics) for v in r.values())
+    intervals = [c.errorbar for c in bars.containers if getattr(c, "errorbar", None) is not None]
+    assert len(intervals) == 2  # one per reranker, none for retrieval
+    [segments] = [c.get_segments() for c in intervals[0].lines[2]]
+    ndcg_low, ndcg_high = segments[0][:, 1]  # the NDCG@10 bar of 17m: retrieval + the interval of the delta
+    assert (ndcg_low, ndcg_high) == pytest.approx((0.60 + 0.06, 0.60 + 0.14))
+
+    [speed] = speed_chart(retrieval, [small, large], "t").axes
+    assert speed.get_xscale() == "log"  # 12 to 240 pairs/s
+    labels = [t.get_text() for t in speed.texts]
+    assert labels == ["17m\n0.700", "150m\n0.750"]
+    baseline = [line for line in speed.get_lines() if list(line.get_ydata()) == [0.60, 0.60]]
+    assert baseline, "retrieval alone is drawn as the baseline"
+    points = [(c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0]) for c in speed.containers]
+    assert points == [(240.0, 0.70), (12.0, 0.75)]
 
 
 def test_bad_data_folder_is_named(tmp_path):
@@ -136,7 +215,7 @@ def test_numeric_ids_are_read_as_strings(tmp_path):
         ("qrels/test.tsv", "q0\t0-0\n", r"test\.tsv:1: expected 3 columns"),
         ("qrels/test.tsv", "q0\t0-0\t1\nq1\t1-0\thigh\n", r"test\.tsv:2: relevance must be a whole number"),
         ("queries.jsonl", '{"_id": "q0", "text": "   "}\n', r"queries\.jsonl:1: query 'q0' is judged but its 'text'"),
-        ("queries.jsonl", '{"_id": "q0", "text": "bees"}\n', r"judges 5 quer\(ies\) that queries\.jsonl does not"),
+        ("queries.jsonl", '{"_id": "x", "text": "bees"}\n', r"judges 6 quer\(ies\), none of which queries\.jsonl"),
     ],
 )
 def test_bad_rows_are_named_by_file_line_and_field(tmp_path, target, content, message):
@@ -144,6 +223,20 @@ def test_bad_rows_are_named_by_file_line_and_field(tmp_path, target, content, me
     (folder / target).write_text(content)
     with pytest.raises(InputError, match=message):
         load_beir(folder)
+
+
+def test_judged_queries_without_text_are_left_out_and_counted_or_refused(tmp_path, caplog):
+    folder = _mini_beir(tmp_path / "mini")
+    with (folder / "qrels" / "test.tsv").open("a") as qrels:
+        qrels.write("\nunpublished-1\t0-0\t1\nunpublished-2\t1-0\t1\n")
+    data = load_beir(folder)
+    assert list(data.queries) == list(data.qrels) == [f"q{t}" for t in range(6)]
+    assert data.judged_without_text == 2
+    assert "judges 2 quer(ies) that queries.jsonl does not hold (unpublished-1, unpublished-2)" in caplog.text
+    assert list(load_beir(folder, max_queries=4).queries) == ["q0", "q1", "q2", "q3"]
+    with pytest.raises(InputError, match=r"test\.tsv judges 2 quer\(ies\) that queries\.jsonl does not hold "
+                       r"\(unpublished-1, unpublished-2\); without --strict they are left out and the other 6"):
+        load_beir(folder, strict=True)
 
 
 def test_duplicates_can_be_allowed_and_are_counted(tmp_path, caplog):
@@ -163,19 +256,35 @@ def test_duplicates_can_be_allowed_and_are_counted(tmp_path, caplog):
         (["--top-k", "0"], "--top-k must be > 0"),
         (["--max-queries", "0"], "--max-queries must be > 0"),
         (["--output", "FILE"], "is a file; give a folder"),
+        (["--output", "FILE/sub"], "cannot be created: FILE is a file"),
         (["--model", "./no/such/model"], "not an Ettin size"),
+        (["--model", "CHECKPOINT", "--strict"], "judges 1 quer(ies) that queries.jsonl does not hold (hidden-0); "
+         "without --strict they are left out and the other 6 evaluated"),
+        (["--model", "CHECKPOINT", "--fusion"], "--fusion tunes alpha on labelled dev queries: MINI has no "
+         "qrels/dev.tsv or qrels/train.tsv; it holds only the evaluated split (test): add labelled dev queries as "
+         "qrels/dev.tsv, or drop --fusion"),
+        (["--model", "CHECKPOINT", "--fusion", "--fusion-split", "dev"], "--fusion-split dev: MINI has no "
+         "qrels/dev.tsv"),
     ],
 )
-def test_eval_fails_before_embedding_anything(tmp_path, capsys, extra, message):
+def test_eval_fails_before_embedding_anything_and_leaves_no_folder(tmp_path, capsys, tiny_checkpoint, extra,
+                                                                   message):
     from ettin_rerank.cli import main
 
     data = _mini_beir(tmp_path / "mini")
+    with (data / "qrels" / "test.tsv").open("a") as qrels:
+        qrels.write("\nhidden-0\t0-0\t1\n")  # a leaderboard folder: judged, but not published
     (tmp_path / "FILE").write_text("")
-    extra = [str(tmp_path / "FILE") if e == "FILE" else e for e in extra]
+    names = {"FILE": str(tmp_path / "FILE"), "CHECKPOINT": str(tiny_checkpoint), "MINI": str(data)}
+    extra = [names.get(e, e).replace("FILE/", f"{tmp_path / 'FILE'}/") for e in extra]
     # an embedding model that cannot load: reaching the embedding stage would be a different error
     args = ["eval", str(data), "--embedding-model", str(tmp_path / "no-embedder"), "--output", str(tmp_path / "o")]
     assert main([*args, *extra]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    for name, value in names.items():
+        message = message.replace(name, value)
+    assert message in err
+    assert not (tmp_path / "o").exists(), "a failed eval left an output folder behind"
 
 
 def test_eval_keeps_what_was_measured_when_a_later_model_fails(tmp_path, tiny_checkpoint, capsys):
@@ -206,7 +315,8 @@ def test_eval_compares_several_models_on_the_same_candidates(tmp_path, checkpoin
                  "--output", str(out)]) == 0
     printed = capsys.readouterr().out
     table = printed[printed.index("retrieval alone"):].splitlines()
-    assert table[0].startswith("retrieval alone") and str(first) in table[1] and str(second) in table[2]
+    assert table[0].startswith("retrieval alone") and f"+ {first.name} " in table[1] and f"+ {second.name} " in table[2]
+    assert str(first) not in printed  # short names, not absolute paths
     record = json.loads((out / "eval.json").read_text())
     assert [m["model"] for m in record["models"]] == [str(first), str(second)]
     assert all(m["metrics"]["Recall@10"] == pytest.approx(record["retrieval"]["Recall@10"]) for m in record["models"])

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
-import pytest
 from ettin_rerank.cli import main
 from ettin_rerank.evaluation.demo import demo_corpus
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
 
 
 def _cli(*args, env_extra=None, stdin=None):
@@ -45,6 +49,39 @@ def test_demo_with_a_model_folder_and_a_query(tiny_checkpoint, untrained_cache, 
     assert "Falling back" not in result.stdout and "Query: how do bees talk" in result.stdout
     assert "UNTRAINED" in result.stdout  # the test checkpoint is an untrained one, and is labelled as such
     assert "embedded, " in result.stdout and str(tmp_path / "qdrant") in result.stdout
+
+
+def test_the_readme_demo_example_runs_offline_and_times_warm_passes(untrained_cache, monkeypatch, capsys):
+    """``make demo ARGS=...`` as the README writes it runs offline (a named model would not: see below), prints no
+    loading bar, and every timed rerank comes after one untimed warm-up pass."""
+    from ettin_rerank.engine.reranker import Reranker
+
+    [example] = re.findall(r'make demo ARGS="([^"]+)"', README)
+    monkeypatch.setenv("ETTIN_RERANK_CACHE", str(untrained_cache))
+    queries_printed_at_each_call = []
+    rerank = Reranker.rerank
+
+    def counting(self, *args, **kwargs):
+        queries_printed_at_each_call.append(sys.stdout.getvalue().count("Query: "))
+        return rerank(self, *args, **kwargs)
+
+    monkeypatch.setattr(Reranker, "rerank", counting)
+    assert main(["demo", *shlex.split(example)]) == 0
+    captured = capsys.readouterr()
+    assert "Falling back to an untrained 17m-shaped checkpoint" in captured.out and "UNTRAINED model" in captured.out
+    assert captured.out.count("Query: ") == len(re.findall("--query", example)) == 1
+    assert queries_printed_at_each_call == [0, 0], "the first timed query paid the model's cold first pass"
+    assert "Loading weights" not in captured.err and "Writing model shards" not in captured.err
+
+
+def test_a_named_ettin_size_that_is_not_here_says_what_to_do(untrained_cache, monkeypatch, capsys):
+    monkeypatch.setenv("ETTIN_RERANK_CACHE", str(untrained_cache))
+    assert main(["demo", "--model", "150m"]) == 2
+    err = capsys.readouterr().err
+    assert "model '150m' was not found" in err and "drop --model to use the default 17m" in err
+    assert "`ettin-rerank build-untrained untrained-150m --size 150m` and pass --model untrained-150m" in err
+    promise = README.split("A model you name is never\nreplaced")[1][:300]
+    assert "is an error that says what\nto do" in promise and "falls back" not in promise
 
 
 def test_a_named_model_that_is_missing_is_an_error_not_a_fallback(untrained_cache, tmp_path):
@@ -88,7 +125,20 @@ def test_models_command_lists_the_six_sizes(capsys):
         assert f"cross-encoder/ettin-reranker-{size}-v1" in out
 
 
-@pytest.mark.parametrize("size", ["17m"])
-def test_build_untrained_command(tmp_path, tokenizer_folder, size):
-    assert main(["build-untrained", str(tmp_path / "ck"), "--tokenizer", str(tokenizer_folder), "--size", size]) == 0
+def test_build_untrained_command_needs_no_tokenizer_argument_and_draws_no_bar(tmp_path, tokenizer_folder, capsys):
+    assert main(["build-untrained", str(tmp_path / "ck"), "--size", "17m"]) == 0  # the offline package's tokenizer
     assert (tmp_path / "ck" / "UNTRAINED").exists() and (tmp_path / "ck" / "modules.json").exists()
+    vocab = [json.loads((folder / "tokenizer.json").read_text())["model"]["vocab"]
+             for folder in (tmp_path / "ck", tokenizer_folder)]
+    assert vocab[0] == vocab[1]
+    assert "Writing model shards" not in capsys.readouterr().err
+
+
+def test_loading_a_model_draws_no_bar_unless_verbose(tiny_checkpoint, tmp_path, capsys):
+    documents = tmp_path / "docs.txt"
+    documents.write_text("bees dance to show food\npasta needs salted water\n")
+    assert main(["rerank", "where is the food", str(documents), "--model", str(tiny_checkpoint)]) == 0
+    quiet = capsys.readouterr()
+    assert len(quiet.out.splitlines()) == 2 and quiet.err == ""
+    assert main(["-v", "rerank", "where is the food", str(documents), "--model", str(tiny_checkpoint)]) == 0
+    assert "Loading weights" in capsys.readouterr().err  # transformers' own bar, on request

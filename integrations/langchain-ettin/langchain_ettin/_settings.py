@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ettin_rerank.adapters import (
     ADAPTER_MAX_TOKENS_PER_DOC,
+    API_KEY_ENV,
     Activation,
     Backend,
     BackendUser,
@@ -11,6 +12,7 @@ from ettin_rerank.adapters import (
     RemoteSpec,
     Strategy,
 )
+from langchain_core.utils import secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 
@@ -50,8 +52,8 @@ class EttinSettings(BackendUser, BaseModel):
     """Allow custom modelling code from the checkpoint."""
     base_url: str | None = None
     """An ettin-rerank server (``ettin-rerank serve``) to send the work to instead of loading the model here."""
-    api_key: SecretStr | None = None
-    """The server's API key, if it needs one."""
+    api_key: SecretStr | None = Field(default_factory=secret_from_env(API_KEY_ENV, default=None))
+    """The server's API key, if it needs one (default: the ``ETTIN_API_KEY`` environment variable)."""
     timeout: float = Field(default=60.0, gt=0)
     """Seconds to wait for the server."""
 

@@ -28,8 +28,11 @@ class InputError(ValueError):
 
 
 class RemoteRerankError(RuntimeError):
-    """An ettin-rerank server answered with an error; ``status`` is its HTTP status."""
+    """An ettin-rerank server could not be reached, refused the call, or answered with something that is not a
+    ranking; the message names the URL and what came back. ``url`` is the request's URL, ``status`` the HTTP status
+    of the answer (``None`` when none came)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"rerank server answered {status}: {message}")
+    def __init__(self, message: str, *, url: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.url = url
         self.status = status

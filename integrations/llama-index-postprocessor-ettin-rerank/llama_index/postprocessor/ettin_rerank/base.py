@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import Any
 
 import llama_index.core.instrumentation as instrument
@@ -14,6 +15,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 
 from ettin_rerank.adapters import (
     ADAPTER_MAX_TOKENS_PER_DOC,
+    API_KEY_ENV,
     METADATA_KEYS,
     Activation,
     Backend,
@@ -35,14 +37,17 @@ dispatcher = instrument.get_dispatcher(__name__)
 class EttinRerank(BackendUser, BaseNodePostprocessor):
     """Rerank nodes with an Ettin cross-encoder (or any Sentence Transformers CrossEncoder).
 
-    ``node.score`` is a relevance in [0, 1] by default (``activation="sigmoid"``, as ``SentenceTransformerRerank``
-    gives), the raw logit with ``activation="none"``; the order always follows the raw logit. Long nodes are read
+    ``node.score`` is a relevance in [0, 1] by default (``activation="sigmoid"``: the sigmoid of the logit, as
+    Cohere's rerank gives), the raw logit with ``activation="none"`` (what ``SentenceTransformerRerank`` returns for
+    these checkpoints, whose activation is the identity); the order always follows the raw logit. Long nodes are read
     whole, up to the model's 8K-token window; longer ones follow ``long_document_strategy``. Each returned node's
     metadata says what was read (``ettin_num_tokens``, ``ettin_num_windows``, ``ettin_truncated``,
     ``ettin_passage_start``/``ettin_passage_end``: the character span of the best window, ``ettin_logit``); these
     keys are excluded from the LLM and embedding views of the node. The caller's nodes are never modified.
 
-    With ``base_url``, the work goes to an ettin-rerank server (``ettin-rerank serve``) with the same results.
+    With ``base_url``, the work goes to an ettin-rerank server (``ettin-rerank serve``) with the same results;
+    ``api_key`` defaults to the ``ETTIN_API_KEY`` environment variable. ``api_key`` and ``token`` never show in
+    ``repr()``, ``str()`` or ``to_dict()``.
 
     Example:
         ```python
@@ -80,14 +85,17 @@ class EttinRerank(BackendUser, BaseNodePostprocessor):
     batch_tokens: int | None = Field(default=None, description="Token budget of one forward pass.")
     attention: str | None = Field(default=None, description="'sdpa', 'flash_attn', 'varlen'; None: fastest.")
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of the model.")
-    token: str | None = Field(default=None, exclude=True, description="Hugging Face token for private models.")
+    token: str | None = Field(default=None, exclude=True, repr=False,
+                              description="Hugging Face token for private models.")
     cache_folder: str | None = Field(default=None, description="Hugging Face cache folder.")
     local_files_only: bool = Field(default=False, description="Never contact the Hugging Face hub.")
     trust_remote_code: bool = Field(default=False, description="Allow custom modelling code from the checkpoint.")
     base_url: str | None = Field(
         default=None, description="An ettin-rerank server (`ettin-rerank serve`) to send the work to, instead of "
         "loading the model here; the results are the same.")
-    api_key: str | None = Field(default=None, exclude=True, description="The server's API key, if it needs one.")
+    api_key: str | None = Field(
+        default_factory=lambda: os.environ.get(API_KEY_ENV) or None, exclude=True, repr=False,
+        description=f"The server's API key, if it needs one (default: the {API_KEY_ENV} environment variable).")
     timeout: float = Field(default=60.0, gt=0, description="Seconds to wait for the server.")
 
     _backend: Backend | None = PrivateAttr(default=None)

@@ -9,6 +9,7 @@ fusion, per-call options and results, and the argument checks every adapter shar
 from __future__ import annotations
 
 from ettin_rerank.adapters.backend import (
+    API_KEY_ENV,
     Backend,
     BackendUser,
     Fusion,
@@ -25,6 +26,7 @@ from ettin_rerank.validation import check_count, check_list_of, check_query, che
 
 __all__ = [
     "ADAPTER_MAX_TOKENS_PER_DOC",
+    "API_KEY_ENV",
     "METADATA_KEYS",
     "Activation",
     "Backend",

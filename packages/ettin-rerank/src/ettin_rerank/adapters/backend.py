@@ -23,9 +23,14 @@ if TYPE_CHECKING:
     from ettin_rerank.results import RerankResult
 
 
+API_KEY_ENV = "ETTIN_API_KEY"
+"""The environment variable every adapter reads the server's API key from when none is given (the server's
+``--api-key`` reads it too)."""
+
+
 @dataclass(frozen=True)
 class RemoteSpec:
-    """An ettin-rerank server to send the work to (``ettin-rerank serve``)."""
+    """An ettin-rerank server to send the work to (``ettin-rerank serve``); ``timeout`` bounds each call in all."""
 
     base_url: str
     api_key: str | None = field(default=None, repr=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from ettin_rerank.cli.common import add_call_options, add_engine_args, engine_args_from, options_from
@@ -25,20 +26,26 @@ def register(commands: argparse._SubParsersAction) -> None:
     add_engine_args(evaluate, repeatable_model=True)
     add_call_options(evaluate, activation=False)
     evaluate.add_argument("data", help="BEIR-layout folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--top-k", type=int, default=100, help="documents retrieved, then reranked")
-    evaluate.add_argument("--max-queries", type=int, default=None)
-    evaluate.add_argument("--embedding-model", default=None)
-    evaluate.add_argument("--qdrant-url", default=None)
-    evaluate.add_argument("--output", default="eval-results", help="folder for the JSON result and the plot")
+    evaluate.add_argument("--split", default="test", help="qrels split to evaluate (default: test)")
+    evaluate.add_argument("--top-k", type=int, default=100, help="documents retrieved, then reranked (default: 100)")
+    evaluate.add_argument("--max-queries", type=int, default=None, help="evaluate the first N judged queries")
+    evaluate.add_argument("--embedding-model", default=None,
+                          help="Sentence Transformers embedding model (default: all-MiniLM-L6-v2)")
+    evaluate.add_argument("--qdrant-url", default=None, help="Qdrant server URL (default: embedded, in memory)")
+    evaluate.add_argument("--output", default="eval-results", help="folder for eval.json and the two charts "
+                          "(default: eval-results; created when the first result is written)")
     evaluate.add_argument("--no-rerank", action="store_true", help="retrieval only")
     evaluate.add_argument("--allow-duplicates", action="store_true",
                           help="keep the first of duplicate corpus ids (with a warning) instead of failing")
+    evaluate.add_argument("--strict", action="store_true",
+                          help="refuse qrels that judge queries queries.jsonl lacks (default: leave them out, "
+                          "with a counted warning, as leaderboard evaluators do)")
     evaluate.add_argument("--fusion", action="store_true",
                           help="also report alpha * retriever + (1 - alpha) * reranker, alpha tuned on dev queries")
     evaluate.add_argument("--fusion-split", default=None, help="qrels split to tune alpha on (default: dev, "
                           "else train; never the evaluated split)")
-    evaluate.add_argument("--fusion-queries", type=int, default=100, help="dev queries used to tune alpha")
+    evaluate.add_argument("--fusion-queries", type=int, default=100,
+                          help="dev queries used to tune alpha (default: 100)")
     evaluate.set_defaults(func=_cmd_eval)
 
 
@@ -60,18 +67,27 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     check_count(args.max_queries, "--max-queries")
     check_count(args.fusion_queries, "--fusion-queries", allow_none=False)
     output = Path(args.output)
-    if output.exists() and not output.is_dir():
-        msg = f"--output {output} is a file; give a folder (it is created if missing)"
-        raise ValueError(msg)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        msg = f"--output {output} cannot be created: {error.strerror or error}"
-        raise ValueError(msg) from error
+    _check_output_folder(output)
     models = [] if args.no_rerank else (args.model or ["17m"])
     evaluate(args.data, output, models=models, engine=engine_args_from(args, model=(models or ["17m"])[0]),
              options=options_from(args), fallback=not args.model, split=args.split, top_k=args.top_k,
              max_queries=args.max_queries, embedding_model=args.embedding_model, qdrant_url=args.qdrant_url,
-             allow_duplicates=args.allow_duplicates, fusion=args.fusion, fusion_split=args.fusion_split,
-             fusion_queries=args.fusion_queries)
+             allow_duplicates=args.allow_duplicates, strict=args.strict, fusion=args.fusion,
+             fusion_split=args.fusion_split, fusion_queries=args.fusion_queries)
     return 0
+
+
+def _check_output_folder(output: Path) -> None:
+    """``--output`` can be written: a folder, or a path whose nearest existing parent is a writable folder. Nothing
+    is created here, so a run that fails before its first result leaves nothing behind."""
+    if output.exists() and not output.is_dir():
+        msg = f"--output {output} is a file; give a folder (it is created if missing)"
+        raise ValueError(msg)
+    existing = next(parent for parent in (output, *output.absolute().parents) if parent.exists())
+    if not existing.is_dir():
+        msg = f"--output {output} cannot be created: {existing} is a file"
+        raise ValueError(msg)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        action = "written" if existing == output else "created"
+        msg = f"--output {output} cannot be {action}: {existing} is not writable"
+        raise ValueError(msg)

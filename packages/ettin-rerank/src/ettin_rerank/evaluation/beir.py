@@ -5,7 +5,9 @@ Accepted: ``corpus.jsonl`` rows with ``_id`` (string or number), ``text`` and an
 or null); ``queries.jsonl`` rows with ``_id`` and ``text``; ``qrels/<split>.tsv`` with or without the BEIR header,
 with 3 columns (query, document, relevance) or TREC's 4 (query, iteration, document, relevance), relevance as an
 integer or a whole number written ``1.0``; blank lines anywhere. Duplicate corpus ids are an error (or, with
-``allow_duplicates``, the first copy is kept and the count is logged).
+``allow_duplicates``, the first copy is kept and the count is logged). Judged queries that ``queries.jsonl`` lacks
+(public leaderboards ship qrels for more queries than they publish) are left out with a counted warning, as
+those leaderboards' own evaluators do (or, with ``strict``, are an error).
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class BeirData:
     corpus: dict[str, dict[str, str]]
     queries: dict[str, str]
     qrels: Qrels
+    judged_without_text: int = 0
+    """Queries the qrels judge that ``queries.jsonl`` does not hold (left out)."""
 
     def document_text(self, doc_id: str) -> str:
         doc = self.corpus[doc_id]
@@ -37,14 +41,18 @@ class BeirData:
 
 
 def load_beir(folder: str | Path, split: str = "test", max_queries: int | None = None, *,
-              allow_duplicates: bool = False) -> BeirData:
-    """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``; keep the judged queries (the first
-    ``max_queries`` of them, in qrels order).
+              allow_duplicates: bool = False, strict: bool = False) -> BeirData:
+    """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``; keep the judged queries that have a
+    text (the first ``max_queries`` of them, in qrels order).
+
+    Judged queries missing from ``queries.jsonl`` are left out and counted (a warning, and
+    :attr:`BeirData.judged_without_text`); with ``strict`` they are an error.
 
     Raises:
         FileNotFoundError: the folder is not a BEIR-layout folder (names the missing file).
         InputError: a row cannot be read (names file, line and field), a duplicate corpus id, a judged query
-            that ``queries.jsonl`` lacks or whose text is blank, an empty corpus or no judged query.
+            whose text is blank, judged queries without text under ``strict``, an empty corpus, or no judged
+            query with a text.
     """
     folder = Path(folder)
     for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
@@ -54,17 +62,26 @@ def load_beir(folder: str | Path, split: str = "test", max_queries: int | None =
     if max_queries is not None and max_queries <= 0:
         msg = f"max_queries must be > 0, but got {max_queries}"
         raise ValueError(msg)
+    qrels_path = folder / "qrels" / f"{split}.tsv"
     corpus = _read_corpus(folder / "corpus.jsonl", allow_duplicates)
-    qrels = _read_qrels(folder / "qrels" / f"{split}.tsv")
-    if max_queries is not None:
-        qrels = dict(list(qrels.items())[:max_queries])
+    qrels = _read_qrels(qrels_path)
     queries = _read_queries(folder / "queries.jsonl", set(qrels))
     missing = [qid for qid in qrels if qid not in queries]
     if missing:
-        msg = (f"{folder / 'qrels' / f'{split}.tsv'} judges {len(missing)} quer(ies) that queries.jsonl does not "
-               f"have: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
-        raise InputError(msg)
-    return BeirData(corpus=corpus, queries={qid: queries[qid] for qid in qrels}, qrels=qrels)
+        some = f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}"
+        if len(missing) == len(qrels):
+            msg = (f"{qrels_path} judges {len(qrels)} quer(ies), none of which queries.jsonl holds ({some}); do the "
+                   "two files belong to the same data set?")
+            raise InputError(msg)
+        if strict:
+            msg = (f"{qrels_path} judges {len(missing)} quer(ies) that queries.jsonl does not hold ({some}); "
+                   f"without --strict they are left out and the other {len(qrels) - len(missing)} evaluated")
+            raise InputError(msg)
+        logger.warning("%s judges %d quer(ies) that queries.jsonl does not hold (%s): left out, %d evaluated "
+                       "(--strict refuses such a folder)", qrels_path, len(missing), some, len(qrels) - len(missing))
+    kept = [qid for qid in qrels if qid in queries][:max_queries]
+    return BeirData(corpus=corpus, queries={qid: queries[qid] for qid in kept},
+                    qrels={qid: qrels[qid] for qid in kept}, judged_without_text=len(missing))
 
 
 def _read_corpus(path: Path, allow_duplicates: bool) -> dict[str, dict[str, str]]:

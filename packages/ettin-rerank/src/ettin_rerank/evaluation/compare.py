@@ -1,15 +1,17 @@
 """``ettin-rerank eval``'s library: what reranking buys on BEIR-layout data, for one model or several side by side.
 
 Embeds the corpus into Qdrant, retrieves the top-K per query once, reranks the same candidates with each model,
-and scores every run with ``ir-measures`` (NDCG@10, Recall@K, MRR@10), with pairs/s and peak memory per model.
-Everything that can be checked is checked before the embedding starts; results are written as soon as each stage
-is done, so an interrupted run keeps what it measured.
+and scores every run with ``ir-measures`` (NDCG@10, Recall@K, MRR@10), with pairs/s and peak memory per model and
+each model's paired 95% interval against retrieval alone. Everything that can be checked is checked before the
+embedding starts; results are written as soon as each stage is done (each file written beside and renamed), so an
+interrupted run keeps what it measured, and a run that fails before measuring anything leaves no folder behind.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -23,11 +25,13 @@ from ettin_rerank.evaluation.beir import BeirData, load_beir
 from ettin_rerank.evaluation.demo import resolve_demo_model
 from ettin_rerank.evaluation.fusion import FusionDev, FusionQuery, fusion_dev_queries, fusion_result
 from ettin_rerank.evaluation.memory import PeakMemory
-from ettin_rerank.evaluation.metrics import Run, metrics
+from ettin_rerank.evaluation.metrics import Run, metrics, paired_bootstrap, per_query_metrics
 from ettin_rerank.evaluation.retrieval import Hit, QdrantRetriever
 from ettin_rerank.options import RerankOptions
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from ettin_rerank.engine.reranker import Reranker
 
 logger = logging.getLogger(__name__)
@@ -42,6 +46,7 @@ class Retrieved:
     run: Run
     metrics: dict[str, float]
     seconds: dict[str, float]
+    per_query: dict[str, list[float]] = field(repr=False, default_factory=dict)
 
 
 @dataclass
@@ -56,6 +61,9 @@ class ModelResult:
     peak_memory_mib: float
     run: Run = field(repr=False, default_factory=dict)
     fusion: dict[str, Any] | None = None
+    vs_retrieval: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per metric: ``delta`` against retrieval alone, its paired 95% bootstrap interval (``low``, ``high``) and
+    the ``verdict`` (better / same / worse)."""
 
 
 def search_corpus(data: BeirData, retriever: QdrantRetriever, queries: dict[str, str],
@@ -72,7 +80,8 @@ def retrieve(data: BeirData, retriever: QdrantRetriever, top_k: int) -> Retrieve
     """Index the corpus, retrieve the top-K of every query, and score retrieval alone."""
     by_query, seconds = search_corpus(data, retriever, data.queries, top_k)
     run = {q: {h.doc_id: h.score for h in row} for q, row in by_query.items()}
-    return Retrieved(list(by_query), list(by_query.values()), run, metrics(data.qrels, run, top_k), seconds)
+    return Retrieved(list(by_query), list(by_query.values()), run, metrics(data.qrels, run, top_k), seconds,
+                     per_query_metrics(data.qrels, run, top_k))
 
 
 def rerank_run(reranker: Reranker, queries: dict[str, str], candidates: dict[str, Sequence[tuple[str, str]]], *,
@@ -93,7 +102,8 @@ def _candidates(data: BeirData, query_ids: Sequence[str], hits: Sequence[list[Hi
 
 def rerank_candidates(data: BeirData, retrieved: Retrieved, reranker: Reranker, *, top_k: int, model: str,
                       label: str) -> ModelResult:
-    """Rerank every query's candidates with ``reranker``; times it and measures its working memory."""
+    """Rerank every query's candidates with ``reranker``; times it, measures its working memory, and compares it
+    with retrieval alone query by query (paired bootstrap)."""
     pairs = sum(len(row) for row in retrieved.hits)
     candidates = _candidates(data, retrieved.query_ids, retrieved.hits)
     with PeakMemory(reranker.device.type) as memory:
@@ -101,34 +111,118 @@ def rerank_candidates(data: BeirData, retrieved: Retrieved, reranker: Reranker, 
         run = rerank_run(reranker, data.queries, candidates, progress=f"Reranking ({label})")
         seconds = time.perf_counter() - start
     return ModelResult(model=model, label=label, metrics=metrics(data.qrels, run, top_k), seconds=seconds,
-                       pairs_per_s=pairs / seconds if seconds else 0.0, peak_memory_mib=memory.peak_mib, run=run)
+                       pairs_per_s=pairs / seconds if seconds else 0.0, peak_memory_mib=memory.peak_mib, run=run,
+                       vs_retrieval=versus(retrieved.per_query, per_query_metrics(data.qrels, run, top_k)))
 
 
-def plot(retrieval: dict[str, float], models: list[ModelResult], path: Path, title: str) -> None:
-    """Bar chart: one group per metric, one bar for retrieval alone and one per reranker."""
-    import matplotlib
+def versus(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, dict[str, Any]]:
+    """``after - before`` for each metric, with its paired 95% bootstrap interval over queries and the verdict."""
+    compared = {}
+    for name, values in before.items():
+        verdict = paired_bootstrap(values, after[name], metric=name)
+        compared[name] = {"delta": verdict.delta, "low": verdict.low, "high": verdict.high,
+                          "verdict": verdict.label}
+    return compared
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def short_label(model: str) -> str:
+    """What a chart or a table calls ``model``: an Ettin size as given, a folder by its name, a hub id by the part
+    after the owner."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path.resolve().name
+    return model.rsplit("/", 1)[-1]
+
+
+def short_labels(models: Sequence[str]) -> list[str]:
+    """:func:`short_label` of each model, made unique (a folder name shared by two models gets its parent)."""
+    labels = [short_label(m) for m in models]
+    for i, label in enumerate(labels):
+        if labels.count(label) > 1:
+            path = Path(models[i]).expanduser().resolve()
+            labels[i] = f"{path.parent.name}/{path.name}" if path.exists() else models[i]
+    return labels
+
+
+def bar_chart(retrieval: dict[str, float], models: Sequence[ModelResult], title: str) -> Figure:
+    """One group per metric: retrieval alone, then each reranker with its paired 95% interval against retrieval
+    (error bar), every bar labelled with its value."""
+    from matplotlib.figure import Figure
 
     names = list(retrieval)
-    series = [("retrieval", retrieval)] + [(f"+ {m.label}", m.metrics) for m in models]
-    fig, ax = plt.subplots(figsize=(max(7, 2 + 1.2 * len(series)), 4))
+    series = [("retrieval alone", retrieval, None)] + [(f"+ {m.label}", m.metrics, m) for m in models]
+    fig = Figure(figsize=(max(7.0, 2 + 1.3 * len(series) * len(names) / 2), 4.5))
+    ax = fig.subplots()
     width = 0.8 / len(series)
-    for i, (label, values) in enumerate(series):
-        ax.bar([x + (i - (len(series) - 1) / 2) * width for x in range(len(names))], [values[n] for n in names],
-               width, label=label)
+    for i, (label, values, model) in enumerate(series):
+        xs = [x + (i - (len(series) - 1) / 2) * width for x in range(len(names))]
+        heights = [values[n] for n in names]
+        yerr = None
+        if model is not None and model.vs_retrieval:
+            low = [max(0.0, h - (retrieval[n] + model.vs_retrieval[n]["low"])) for h, n in zip(heights, names,
+                                                                                             strict=True)]
+            high = [max(0.0, retrieval[n] + model.vs_retrieval[n]["high"] - h) for h, n in zip(heights, names,
+                                                                                               strict=True)]
+            yerr = [low, high]
+        bars = ax.bar(xs, heights, width, label=label, yerr=yerr, capsize=3 if yerr else 0)
+        ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2, rotation=90 if len(series) > 3 else 0)
     ax.set_xticks(list(range(len(names))), names)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.12)
+    ax.set_ylabel("score")
+    ax.set_title(title)
+    ax.legend(fontsize="small", loc="upper left", ncols=min(len(series), 3))
+    if models:
+        fig.text(0.01, 0.01, "error bars: 95% paired bootstrap interval of each reranker against retrieval alone",
+                 fontsize=7, color="0.35")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def speed_chart(retrieval: dict[str, float], models: Sequence[ModelResult], title: str) -> Figure:
+    """NDCG@10 against reranking throughput (pairs/s), one point per model with its paired 95% interval, and
+    retrieval alone as the baseline: what each size buys and what it costs."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7.0, 4.5))
+    ax = fig.subplots()
+    base = retrieval["NDCG@10"]
+    ax.axhline(base, linestyle="--", color="0.4", label=f"retrieval alone ({base:.3f})")
+    for model in models:
+        value = model.metrics["NDCG@10"]
+        interval = model.vs_retrieval.get("NDCG@10")
+        yerr = None
+        if interval:
+            yerr = [[max(0.0, value - (base + interval["low"]))], [max(0.0, base + interval["high"] - value)]]
+        ax.errorbar([model.pairs_per_s], [value], yerr=yerr, fmt="o", capsize=4, label=model.label)
+        ax.annotate(f"{model.label}\n{value:.3f}", (model.pairs_per_s, value), textcoords="offset points",
+                    xytext=(6, 6), fontsize=8)
+    speeds = [m.pairs_per_s for m in models if m.pairs_per_s > 0]
+    if speeds and max(speeds) > 5 * min(speeds):
+        ax.set_xscale("log")
+    if speeds:
+        ax.set_xlim(min(speeds) / 1.5, max(speeds) * 1.5)
+    ax.set_xlabel("reranking throughput (pairs/s, this machine)")
+    ax.set_ylabel("NDCG@10")
     ax.set_title(title)
     ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    fig.text(0.01, 0.01, "error bars: 95% paired bootstrap interval against retrieval alone", fontsize=7,
+             color="0.35")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    return fig
+
+
+def _save_figure(fig: Figure, path: Path) -> None:
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
+    fig.savefig(partial, dpi=120)
+    os.replace(partial, path)
 
 
 def _write(output: Path, record: dict[str, Any]) -> None:
-    (output / "eval.json").write_text(json.dumps(record, indent=2))
+    """``eval.json`` in ``output`` (created on the first write), written beside and renamed."""
+    output.mkdir(parents=True, exist_ok=True)
+    partial = output / ".eval.json.partial"
+    partial.write_text(json.dumps(record, indent=2))
+    os.replace(partial, output / "eval.json")
 
 
 def evaluate(
@@ -145,38 +239,45 @@ def evaluate(
     embedding_model: str | None = None,
     qdrant_url: str | None = None,
     allow_duplicates: bool = False,
+    strict: bool = False,
     fusion: bool = False,
     fusion_split: str | None = None,
     fusion_queries: int = 100,
 ) -> list[ModelResult]:
     """Retrieval alone, then retrieval + each of ``models`` (none: retrieval only) on the same candidates; prints
-    one table and writes ``eval.json`` and ``eval.png`` into the folder ``output`` (which must exist).
+    one table and writes ``eval.json``, ``eval.png`` (metrics) and ``accuracy-vs-speed.png`` (NDCG@10 against
+    pairs/s) into the folder ``output``, created when the first result is written.
 
     ``engine`` gives every model's load arguments (its ``model`` is replaced by each of ``models``); ``fallback``
     lets the default model fall back to an untrained checkpoint when it cannot be found (the CLI without
-    ``--model``); ``fusion`` also reports ``alpha * retriever + (1 - alpha) * reranker`` with alpha tuned on dev
+    ``--model``); ``strict`` refuses qrels that judge queries ``queries.jsonl`` lacks (else they are left out,
+    counted); ``fusion`` also reports ``alpha * retriever + (1 - alpha) * reranker`` with alpha tuned on dev
     queries of ``fusion_split``.
     """
     from ettin_rerank.engine.reranker import Reranker
 
     resolved = [(name, *resolve_demo_model(None if fallback else name)) for name in models]  # fail before the work
-    data = load_beir(data_folder, split, max_queries, allow_duplicates=allow_duplicates)
+    labels = short_labels([name for name, *_ in resolved])
+    data = load_beir(data_folder, split, max_queries, allow_duplicates=allow_duplicates, strict=strict)
     dev = (fusion_dev_queries(data_folder, split, fusion_split, fusion_queries, data,
-                              allow_duplicates=allow_duplicates) if fusion and models else None)
+                              allow_duplicates=allow_duplicates, strict=strict) if fusion and models else None)
+    left_out = f"; {data.judged_without_text} judged quer(ies) without text left out" if data.judged_without_text \
+        else ""
     print(f"{Path(data_folder).name} {split}: {len(data.queries)} queries, {len(data.corpus)} documents, "
-          f"top-{top_k}")
+          f"top-{top_k}{left_out}")
     retriever = QdrantRetriever(embedding_model, url=qdrant_url, collection="ettin-eval")
     retrieved = retrieve(data, retriever, top_k)
     dev_hits = retriever.search(list(dev.queries.values()), top_k) if dev else None
     record: dict[str, Any] = {
         "settings": {"data": str(data_folder), "split": split, "queries": len(data.queries),
-                     "documents": len(data.corpus), "top_k": top_k, "embedding_model": retriever.embedding_model},
+                     "judged_without_text": data.judged_without_text, "documents": len(data.corpus),
+                     "top_k": top_k, "embedding_model": retriever.embedding_model},
         "retrieval": retrieved.metrics, "seconds": retrieved.seconds, "models": [], "complete": False,
     }
     _write(output, record)
     results = []
-    for name, path, untrained in resolved:
-        label = f"{name}{' (UNTRAINED)' if untrained else ''}"
+    for (name, path, untrained), short in zip(resolved, labels, strict=True):
+        label = f"{short}{' (UNTRAINED)' if untrained else ''}"
         with Reranker.from_args(replace(engine, model=path), options, show_progress_bar=False) as reranker:
             result = rerank_candidates(data, retrieved, reranker, top_k=top_k, model=name, label=label)
             if dev:
@@ -188,14 +289,20 @@ def evaluate(
     record["complete"] = True
     _write(output, record)
     _print_table(retrieved, results)
-    plot(retrieved.metrics, results, output / "eval.png", f"{Path(data_folder).name} ({split}), top-{top_k}")
-    print(f"wrote {output / 'eval.json'} and {output / 'eval.png'}")
+    title = f"{Path(data_folder).name} ({split}, {len(data.queries)} queries), top-{top_k}"
+    written = [output / "eval.json", output / "eval.png"]
+    _save_figure(bar_chart(retrieved.metrics, results, title), written[1])
+    if results:
+        written.append(output / "accuracy-vs-speed.png")
+        _save_figure(speed_chart(retrieved.metrics, results, title), written[2])
+    print(f"wrote {', '.join(str(path) for path in written)}")
     return results
 
 
 def _fusion(data: BeirData, dev: FusionDev, dev_hits: list[list[Hit]], *, retrieved: Retrieved,
             result: ModelResult, reranker: Reranker, top_k: int) -> dict[str, Any]:
-    dev_run = rerank_run(reranker, dev.queries, _candidates(data, list(dev.queries), dev_hits))
+    candidates = _candidates(data, list(dev.queries), dev_hits)
+    dev_run = rerank_run(reranker, dev.queries, candidates, progress=f"Tuning fusion ({result.label})")
     items = {qid: FusionQuery(dev.qrels[qid], {h.doc_id: h.score for h in hits}, dev_run[qid])
              for qid, hits in zip(dev.queries, dev_hits, strict=True)}
     return fusion_result(data.qrels, items, retrieved.run, result.run, top_k=top_k, dev_split=dev.split)
@@ -203,14 +310,21 @@ def _fusion(data: BeirData, dev: FusionDev, dev_hits: list[list[Hit]], *, retrie
 
 def _print_table(retrieved: Retrieved, results: list[ModelResult]) -> None:
     names = list(retrieved.metrics)
-    lines = [f"{'':<28}" + "".join(f"{n:>11}" for n in names) + f"{'pairs/s':>10}{'peak MiB':>10}",
-             f"{'retrieval alone':<28}" + "".join(f"{retrieved.metrics[n]:>11.4f}" for n in names)]
+    width = max([28, *(len(r.label) + 3 for r in results)])
+    lines = [f"{'':<{width}}" + "".join(f"{n:>11}" for n in names) + f"{'pairs/s':>10}{'peak MiB':>10}"
+             + ("   NDCG@10 vs retrieval (95% CI)" if results else ""),
+             f"{'retrieval alone':<{width}}" + "".join(f"{retrieved.metrics[n]:>11.4f}" for n in names)]
     for result in results:
-        lines.append(f"{'+ ' + result.label:<28}" + "".join(f"{result.metrics[n]:>11.4f}" for n in names)
-                     + f"{result.pairs_per_s:>10.1f}{result.peak_memory_mib:>10.0f}")
+        versus_line = ""
+        if result.vs_retrieval:
+            ndcg = result.vs_retrieval["NDCG@10"]
+            versus_line = (f"   {ndcg['delta']:+.4f} [{ndcg['low']:+.4f}, {ndcg['high']:+.4f}] "
+                           f"{ndcg['verdict'].upper()}")
+        lines.append(f"{'+ ' + result.label:<{width}}" + "".join(f"{result.metrics[n]:>11.4f}" for n in names)
+                     + f"{result.pairs_per_s:>10.1f}{result.peak_memory_mib:>10.0f}{versus_line}")
         if result.fusion:
             fused = result.fusion
-            lines.append(f"{'  fused, alpha=' + format(fused['alpha'], '.2f'):<28}"
+            lines.append(f"{'  fused, alpha=' + format(fused['alpha'], '.2f'):<{width}}"
                          + "".join(f"{fused['metrics'][n]:>11.4f}" for n in names)
                          + f"   vs retrieval: {fused['vs_retrieval']} (alpha tuned on {fused['dev_queries']} "
                          f"{fused['dev_split']} queries)")

@@ -14,6 +14,7 @@ from ettin_rerank.args import EngineArgs
 from ettin_rerank.checkpoints import default_embedding_model, is_untrained, untrained_checkpoint
 from ettin_rerank.errors import ModelNotFoundError
 from ettin_rerank.evaluation.retrieval import QdrantRetriever
+from ettin_rerank.models import ettin_shape
 from ettin_rerank.options import RerankOptions
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ def demo_corpus() -> list[dict[str, str]]:
 def resolve_demo_model(model: str | None = None) -> tuple[str, bool]:
     """``(model, untrained)``: the named model, or by default ``17m`` if it can be found or downloaded, else a
     locally built untrained checkpoint of the 17m shape (said in one line). A model the user names is never
-    replaced: if it cannot be found, ``ModelNotFoundError`` says so."""
+    replaced: if it cannot be found, ``ModelNotFoundError`` says so and what to do instead."""
     from ettin_rerank.engine.loading import HubOptions, resolve_model_path
 
     name = model or "17m"
@@ -44,10 +45,22 @@ def resolve_demo_model(model: str | None = None) -> tuple[str, bool]:
         path = resolve_model_path(name, HubOptions())
     except ModelNotFoundError as error:
         if model is not None:
-            raise
+            msg = f"{error}; {_without_the_model(model)}"
+            raise ModelNotFoundError(msg) from error
         print(f"{str(error)[0].upper()}{str(error)[1:]}. Falling back to an untrained 17m-shaped checkpoint.")
         return str(untrained_checkpoint()), True
     return str(path), is_untrained(path)
+
+
+def _without_the_model(model: str) -> str:
+    """What to do when a named model cannot be had (offline, say): a named model is never swapped silently."""
+    try:
+        size = ettin_shape(model).size
+    except ValueError:
+        return "drop --model to use the default 17m (an untrained 17m-shaped checkpoint when it cannot be found)"
+    return (f"drop --model to use the default 17m (an untrained 17m-shaped checkpoint when it cannot be found), "
+            f"or build an untrained {size}-shaped one (random weights: real timings, meaningless order) with "
+            f"`ettin-rerank build-untrained untrained-{size} --size {size}` and pass --model untrained-{size}")
 
 
 def embedding_label(model: str) -> str:
@@ -76,11 +89,18 @@ def run_demo(
     ``engine``: the reranker (default: ``17m``); ``fallback``: whether a model that cannot be found is replaced by
     an untrained 17m-shaped checkpoint (said on screen); default: only when no ``engine`` is given.
     """
-    from transformers.utils import logging as transformers_logging
+    from ettin_rerank.engine.loading import quiet_progress_bars
 
+    with quiet_progress_bars():  # the demo's work is short: no bars at all, -v or not
+        _run_demo(engine, options, fallback=fallback, queries=queries, qdrant_url=qdrant_url,
+                  qdrant_path=qdrant_path, embedding_model=embedding_model, top_k=top_k, show=show)
+
+
+def _run_demo(engine: EngineArgs | None, options: RerankOptions | None, *, fallback: bool | None,
+              queries: Sequence[str] | None, qdrant_url: str | None, qdrant_path: str | None,
+              embedding_model: str | None, top_k: int, show: int) -> None:
     from ettin_rerank.engine.reranker import Reranker
 
-    transformers_logging.disable_progress_bar()
     fallback = engine is None if fallback is None else fallback
     engine = engine or EngineArgs()
     corpus = demo_corpus()
@@ -98,14 +118,24 @@ def run_demo(
     print(f"Corpus: {len(corpus)} documents ({sum(len(d['text'].split()) > 500 for d in corpus)} long), "
           f"embedded with {embedding_label(retriever.embedding_model)} into Qdrant ({retriever.location}) "
           f"in {index_seconds:.1f} s")
-    print(f"Reranker: {engine.model} -> {reranker!r}, loaded in {load_reranker:.1f} s "
-          f"(embedder {load_embedder:.1f} s)")
+    what = "untrained 17m-shaped checkpoint" if fallback and untrained else str(engine.model)
+    print(f"Reranker: {what} ({reranker.model_path}) on {reranker.device}, {str(reranker.dtype).removeprefix('torch.')}"
+          f", {reranker.attention} attention; loaded in {load_reranker:.1f} s (embedder {load_embedder:.1f} s)")
     if untrained:
         print(f"NOTE: {UNTRAINED_NOTE}.")
     print("Columns: new = rank after reranking, was = rank from embedding search (arrow: moved up/down), "
           "score = reranker score (raw logit), read = what the reranker read of the document.")
-    for query in queries or DEMO_QUERIES:
+    queries = list(queries or DEMO_QUERIES)
+    _warm_up(queries[0], retriever, reranker, top_k)
+    for query in queries:
         _show_query(query, retriever, reranker, top_k, show)
+
+
+def _warm_up(query: str, retriever: QdrantRetriever, reranker: Reranker, top_k: int) -> None:
+    """One untimed pass through both stages: the first pass of a model pays one-off set-up costs (kernels, thread
+    pools, allocator), which would otherwise be billed to the first query's timings."""
+    [hits] = retriever.search([query], top_k)
+    reranker.rerank(query, [f"{h.payload['title']}\n{h.payload['text']}" for h in hits])
 
 
 def _show_query(query: str, retriever: QdrantRetriever, reranker: Reranker, top_k: int, show: int) -> None:

@@ -56,14 +56,30 @@ class FusionDev:
 
 
 def fusion_dev_queries(folder: str | Path, split: str, fusion_split: str | None, fusion_queries: int,
-                       test: BeirData, *, allow_duplicates: bool = False) -> FusionDev:
+                       test: BeirData, *, allow_duplicates: bool = False, strict: bool = False) -> FusionDev:
     """``fusion_split`` (default ``dev`` when the folder has it, else ``train``), never a query of the evaluated
-    ``split``, at most ``fusion_queries`` of them."""
-    chosen = fusion_split or ("dev" if (Path(folder) / "qrels" / "dev.tsv").is_file() else "train")
+    ``split``, at most ``fusion_queries`` of them.
+
+    Raises:
+        FileNotFoundError: the split's qrels file is missing (names the splits looked for and the ones there are).
+        ValueError: the split is the evaluated one, or has no query outside it.
+    """
+    qrels = Path(folder) / "qrels"
+    looked_for = [fusion_split] if fusion_split else ["dev", "train"]
+    chosen = next((name for name in looked_for if (qrels / f"{name}.tsv").is_file()), None)
+    if chosen is None:
+        others = sorted(path.stem for path in qrels.glob("*.tsv") if path.stem != split)
+        looked = " or ".join(f"qrels/{name}.tsv" for name in looked_for)
+        hint = (f"name another split with --fusion-split ({', '.join(others)})" if others else
+                f"it holds only the evaluated split ({split}): add labelled dev queries as qrels/dev.tsv, or drop "
+                "--fusion")
+        what = f"--fusion-split {fusion_split}" if fusion_split else "--fusion tunes alpha on labelled dev queries"
+        msg = f"{what}: {folder} has no {looked}; {hint}"
+        raise FileNotFoundError(msg)
     if chosen == split:
         msg = f"--fusion-split {chosen} is the evaluated split: tuning there would leak the test queries"
         raise ValueError(msg)
-    dev = load_beir(folder, chosen, allow_duplicates=allow_duplicates)
+    dev = load_beir(folder, chosen, allow_duplicates=allow_duplicates, strict=strict)
     kept = [q for q in dev.queries if q not in test.queries][:fusion_queries]
     if not kept:
         msg = f"split {chosen} has no query outside the evaluated split to tune the fusion weight on"

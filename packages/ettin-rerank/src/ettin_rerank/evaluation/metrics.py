@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -13,14 +14,32 @@ from ettin_rerank.evaluation.beir import Qrels
 Run = dict[str, dict[str, float]]
 
 
+def _measures(top_k: int) -> dict[str, Any]:
+    from ir_measures import RR, R, nDCG
+
+    return {"NDCG@10": nDCG @ 10, f"Recall@{top_k}": R @ top_k, "MRR@10": RR @ 10}
+
+
 def metrics(qrels: Qrels, run: Run, top_k: int) -> dict[str, float]:
     """NDCG@10, Recall@K and MRR@10 of ``run``, averaged over the queries of ``qrels`` (ir-measures)."""
     import ir_measures
-    from ir_measures import RR, R, nDCG
 
-    measures = {"NDCG@10": nDCG @ 10, f"Recall@{top_k}": R @ top_k, "MRR@10": RR @ 10}
+    measures = _measures(top_k)
     values = ir_measures.calc_aggregate(list(measures.values()), qrels, run)
     return {name: float(values[measure]) for name, measure in measures.items()}
+
+
+def per_query_metrics(qrels: Qrels, run: Run, top_k: int) -> dict[str, list[float]]:
+    """Each of :func:`metrics`' measures for each query of ``qrels`` (0 for a query the run lacks), in ``qrels``
+    order: what a paired comparison of two runs resamples."""
+    import ir_measures
+
+    measures = _measures(top_k)
+    names = {str(measure): name for name, measure in measures.items()}
+    values: dict[str, dict[str, float]] = {name: {} for name in measures}
+    for row in ir_measures.iter_calc(list(measures.values()), qrels, run):
+        values[names[str(row.measure)]][row.query_id] = row.value
+    return {name: [by_query.get(q, 0.0) for q in qrels] for name, by_query in values.items()}
 
 
 def ndcg_at_10(qrels: Qrels, run: Run) -> float:
@@ -64,7 +83,7 @@ class Verdict:
 
 
 def paired_bootstrap(before: Sequence[float], after: Sequence[float], *, resamples: int = 2000,
-                     seed: int = 12) -> Verdict:
+                     seed: int = 12, metric: str = "NDCG@10") -> Verdict:
     """Resample queries with replacement; the interval of the mean difference."""
     differences = np.asarray(after, dtype=np.float64) - np.asarray(before, dtype=np.float64)
     if len(differences) == 0:
@@ -73,7 +92,7 @@ def paired_bootstrap(before: Sequence[float], after: Sequence[float], *, resampl
     rng = np.random.default_rng(seed)
     means = differences[rng.integers(0, len(differences), (resamples, len(differences)))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
-    return Verdict(float(differences.mean()), float(low), float(high), len(differences))
+    return Verdict(float(differences.mean()), float(low), float(high), len(differences), metric)
 
 
 def per_query_ndcg(qrels: Qrels, run: Run) -> list[float]:

@@ -5,6 +5,7 @@ Qdrant runs embedded (in memory, or on a local folder) by default, or as a serve
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from tqdm.auto import tqdm
 from ettin_rerank.checkpoints import default_embedding_model
 
 __all__ = ["Hit", "QdrantRetriever", "default_embedding_model"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,11 +52,14 @@ class QdrantRetriever:
         from qdrant_client import QdrantClient
         from sentence_transformers import SentenceTransformer
 
+        from ettin_rerank.engine.loading import quiet_progress_bars
+
         if url is not None and path is not None:
             msg = "give either url (a Qdrant server) or path (embedded Qdrant on disk), not both"
             raise ValueError(msg)
         self.embedding_model = embedding_model or default_embedding_model()
-        self.embedder = SentenceTransformer(self.embedding_model, device=device)
+        with quiet_progress_bars(not logger.isEnabledFor(logging.INFO)):
+            self.embedder = SentenceTransformer(self.embedding_model, device=device)
         if url:
             self.client = QdrantClient(url=url)
         else:

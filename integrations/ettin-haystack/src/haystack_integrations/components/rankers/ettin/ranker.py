@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from ettin_rerank.adapters import (
     ADAPTER_MAX_TOKENS_PER_DOC,
+    API_KEY_ENV,
     Backend,
     EngineArgs,
     Fusion,
@@ -93,7 +94,7 @@ class EttinRanker:
         revision: str | None = None,
         cache_folder: str | None = None,
         url: str | None = None,
-        api_key: Secret | None = Secret.from_env_var("ETTIN_API_KEY", strict=False),  # noqa: B008
+        api_key: Secret | None = Secret.from_env_var(API_KEY_ENV, strict=False),  # noqa: B008
         timeout: float = 60.0,
         calibrated: bool = False,
         fusion_weight: float | None = None,
