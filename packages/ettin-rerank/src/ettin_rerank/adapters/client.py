@@ -320,14 +320,13 @@ def _result(row: Any) -> RerankResult:
     if not isinstance(row, dict):
         msg = f"is a {type(row).__name__}, not an object"
         raise TypeError(msg)
-    span = _field(row, "best_window", dict)
-    return RerankResult(
-        index=_field(row, "index", int), score=float(_field(row, "score", (int, float))),
-        logit=float(_field(row, "logit", (int, float))), num_tokens=_field(row, "num_tokens", int),
-        num_windows=_field(row, "num_windows", int), truncated=_field(row, "truncated", bool),
-        best_window=TextSpan(**{name: _field(span, name, int)
-                                for name in ("token_start", "token_end", "char_start", "char_end")}),
-    )
+    values = {name: _field(row, name, kind) for name, kind in (
+        ("index", int), ("score", (int, float)), ("logit", (int, float)), ("num_tokens", int), ("num_windows", int),
+        ("truncated", bool), ("best_window", dict))}
+    span = TextSpan(**{name: _field(values["best_window"], name, int)
+                       for name in ("token_start", "token_end", "char_start", "char_end")})
+    return RerankResult(**{**values, "score": float(values["score"]), "logit": float(values["logit"]),
+                           "best_window": span})
 
 
 def _field(row: dict[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
