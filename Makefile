@@ -9,12 +9,14 @@ SOURCES := constraints.txt requirements.txt $(wildcard packages/*/pyproject.toml
 
 .PHONY: install demo test lint bench
 
+# pip at -qq: errors only (its warnings are about the machine's pip configuration or other packages' metadata)
 $(STAMP): $(SOURCES)
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -r requirements.txt
-	$(BIN)/python -m pip install --quiet --no-deps $(foreach pkg,$(wildcard integrations/*/pyproject.toml),-e $(dir $(pkg)))
-	touch $(STAMP)
+	@echo "Setting up $(VENV)/ with the versions pinned in constraints.txt (the first time takes several minutes)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install --quiet --quiet --upgrade pip
+	@$(BIN)/python -m pip install --quiet --quiet -c constraints.txt -r requirements.txt
+	@$(BIN)/python -m pip install --quiet --quiet --no-deps $(foreach pkg,$(wildcard integrations/*/pyproject.toml),-e $(dir $(pkg)))
+	@touch $(STAMP)
 
 install: $(STAMP)
 

@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ettin_rerank.args import EngineArgs
@@ -119,8 +120,10 @@ def _run_demo(engine: EngineArgs | None, options: RerankOptions | None, *, fallb
           f"embedded with {embedding_label(retriever.embedding_model)} into Qdrant ({retriever.location}) "
           f"in {index_seconds:.1f} s")
     what = "untrained 17m-shaped checkpoint" if fallback and untrained else str(engine.model)
-    print(f"Reranker: {what} ({reranker.model_path}) on {reranker.device}, {str(reranker.dtype).removeprefix('torch.')}"
-          f", {reranker.attention} attention; loaded in {load_reranker:.1f} s (embedder {load_embedder:.1f} s)")
+    where = "" if Path(what).expanduser().resolve() == Path(reranker.model_path).resolve() else \
+        f" ({reranker.model_path})"
+    print(f"Reranker: {what}{where} on {reranker.device}, {str(reranker.dtype).removeprefix('torch.')}, "
+          f"{reranker.attention} attention; loaded in {load_reranker:.1f} s (embedder {load_embedder:.1f} s)")
     if untrained:
         print(f"NOTE: {UNTRAINED_NOTE}.")
     print("Columns: new = rank after reranking, was = rank from embedding search (arrow: moved up/down), "
