@@ -266,6 +266,8 @@ def test_duplicates_can_be_allowed_and_are_counted(tmp_path, caplog):
         (["--model", "CHECKPOINT", "--fusion", "--fusion-split", "dev"], "--fusion-split dev: MINI has no "
          "qrels/dev.tsv"),
     ],
+    ids=["top-k", "max-queries", "output-file", "output-under-a-file", "model", "strict", "fusion-no-dev",
+         "fusion-split-missing"],
 )
 def test_eval_fails_before_embedding_anything_and_leaves_no_folder(tmp_path, capsys, tiny_checkpoint, extra,
                                                                    message):
