@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 from ettin_rerank.cli.common import add_engine_args
@@ -22,6 +23,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--max-documents", type=int, default=1000, help="documents per request at most")
     serve.add_argument("--max-body-bytes", type=int, default=2_000_000, help="request body size at most")
     serve.add_argument("--request-timeout", type=float, default=60.0, help="seconds a request may wait (then 503)")
+    serve.add_argument("--header-timeout", type=float, default=10.0,
+                       help="seconds a client has to send its request headers (then 408 and the connection closes)")
+    serve.add_argument("--body-timeout", type=float, default=30.0,
+                       help="seconds a client has to send its whole request body (then 408)")
+    serve.add_argument("--max-connections", type=int, default=512,
+                       help="open connections at most; past it new requests get 503")
+    serve.add_argument("--allowed-hosts", default=None, metavar="HOST[,HOST...]",
+                       help="Host header values to answer ('*': any, '*.example.com': subdomains); default: "
+                       "loopback names when bound to loopback, else any")
+    serve.add_argument("--access-log", action="store_true",
+                       help="one line per request: method, route, status, pairs, tokens, milliseconds")
     serve.add_argument("--max-tokens-per-doc", type=int, default=ADAPTER_MAX_TOKENS_PER_DOC,
                        help="default cap on tokens read per document")
     serve.add_argument("--no-merge", action="store_true",
@@ -39,6 +51,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                      "default: start Ray here")
     ray.add_argument("--replicas", type=int, default=1, help="replicas (each loads the model once)")
     ray.add_argument("--autoscale", default=None, metavar="MIN:MAX", help="autoscale between MIN and MAX replicas")
+    ray.add_argument("--ray-dashboard", action="store_true",
+                     help="start Ray's dashboard (on 127.0.0.1) with the local cluster")
     ray.add_argument("--cpus-per-replica", type=float, default=1.0)
     ray.add_argument("--gpus-per-replica", type=float, default=0.0, help="fractions share a GPU (0.25: four)")
     serve.set_defaults(func=_cmd_serve)
@@ -55,7 +69,11 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout, merge_requests=not args.no_merge,
         max_tokens_per_doc=args.max_tokens_per_doc, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
         strict_model_name=args.strict_model_name, activation=args.activation,
+        header_timeout_s=args.header_timeout, body_timeout_s=args.body_timeout, max_connections=args.max_connections,
+        allowed_hosts=tuple(h for h in args.allowed_hosts.split(",") if h.strip()) if args.allowed_hosts else None,
+        access_log=args.access_log,
     )
+    logging.getLogger("ettin_rerank.serving").setLevel(logging.INFO)  # where it listens, the model, "ready"
     if not args.ray:
         serve(config, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")
         return 0
@@ -65,6 +83,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.autoscale:
         low, _, high = args.autoscale.partition(":")
         autoscale = (int(low), int(high or low))
-    run(config, host=args.host, port=args.port, address=args.ray_address, replicas=args.replicas,
+    run(config, host=args.host, port=args.port, address=args.ray_address, dashboard=args.ray_dashboard,
+        replicas=args.replicas,
         autoscale=autoscale, cpus_per_replica=args.cpus_per_replica, gpus_per_replica=args.gpus_per_replica)
     return 0

@@ -31,7 +31,7 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         msg = f"module 'ettin_rerank.serving' has no attribute {name!r}"
         raise AttributeError(msg)
-    missing = [module for module in ("fastapi", "uvicorn", "prometheus_client")
+    missing = [module for module in ("fastapi", "uvicorn", "prometheus_client", "fastapi_offline")
                if importlib.util.find_spec(module) is None]
     if missing:
         raise MissingExtraError(extra="server", missing=missing[0])

@@ -21,13 +21,17 @@ Python::
 
 from __future__ import annotations
 
+import logging
+import os
 import threading
 from dataclasses import fields
 from typing import Any
 
+from ettin_rerank.cluster import init_ray, keep_serve_replica_on_loopback
 from ettin_rerank.errors import MissingExtraError
 from ettin_rerank.serving.app import create_app
 from ettin_rerank.serving.config import ServerConfig
+from ettin_rerank.serving.server import for_host
 
 try:
     from ray import serve
@@ -36,11 +40,16 @@ except ImportError:
     raise MissingExtraError(extra="ray", missing="ray[serve]") from None
 
 
+logger = logging.getLogger(__name__)
+APP_NAME = "ettin-rerank"
+
+
 @serve.ingress()
 class EttinReranker:
     """One replica: the server app built on the replica itself (the model loads in the app's lifespan)."""
 
     def __init__(self, config: ServerConfig) -> None:
+        keep_serve_replica_on_loopback()
         self.config = config
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -132,22 +141,40 @@ def _parse_field(kind: str, value: Any) -> Any:
 
 
 def run(config: ServerConfig, *, host: str = "127.0.0.1", port: int = 8080, address: str | None = None,
-        **build_options: Any) -> None:
-    """``ettin-rerank serve --ray``: connect to (or start) Ray, serve the app, block until SIGINT/SIGTERM, then
-    shut the application down (each replica finishes what it accepted)."""
+        dashboard: bool = False, **build_options: Any) -> None:
+    """``ettin-rerank serve --ray``: connect to Ray (or start a local cluster on 127.0.0.1 only, see
+    :mod:`ettin_rerank.cluster`), serve the app, block until SIGINT/SIGTERM, then shut the application down (each
+    replica finishes what it accepted) and the local cluster with it."""
     import signal
 
     import ray
 
-    ray.init(address=address, include_dashboard=False if address is None else None, log_to_driver=False)
-    serve.start(http_options={"host": host, "port": port})
-    serve.run(build_app(config, **build_options), name="ettin-rerank", route_prefix="/")
     stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    started = init_ray(address, dashboard=dashboard)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # after ray.init, which installs its own
         signal.signal(signum, lambda *_: stop.set())
+    if started:
+        logger.info("Ray: a local cluster on 127.0.0.1 only (token auth: %s)", os.environ.get("RAY_AUTH_MODE"))
+    else:
+        logger.info("Ray: the cluster at %s", address or "this process's")
     try:
+        serve.start(http_options={"host": host, "port": port})
+        try:
+            serve.run(build_app(for_host(config, host), **build_options), name=APP_NAME, route_prefix="/")
+        except RuntimeError as error:  # Serve's message holds each replica's traceback: keep its last line
+            msg = f"the Ray Serve application did not start: {_last_line(error)}"
+            raise RuntimeError(msg) from None
+        logger.info("listening on http://%s:%d (Ray Serve)", host, port)
+        logger.info("ready")
         stop.wait()
-    finally:
-        serve.delete("ettin-rerank")
+        serve.delete(APP_NAME)
         serve.shutdown()
-        ray.shutdown()
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _last_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    errors = [line for line in lines if "Error:" in line]
+    return (errors or lines or [type(error).__name__])[-1]
