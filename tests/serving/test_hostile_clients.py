@@ -81,7 +81,7 @@ def test_a_chunked_body_over_the_limit_gets_413(server_url, path):
     """Counted as it arrives: without Content-Length, a 3 MB body is refused once it passes 2 MB."""
     fields = dict(ROUTES[path])
     fields["texts" if path == "/rerank" else "documents"] = ["protein " * 375_000]  # 3 MB
-    status, headers, body = _send_chunked(server_url, path, json.dumps(fields).encode())
+    status, _, body = _send_chunked(server_url, path, json.dumps(fields).encode())
     assert status == 413, body[:300]
     answer = json.loads(body)
     message = answer["error"] if path == "/rerank" else answer["message"]
@@ -162,7 +162,7 @@ def test_a_client_that_trickles_its_body_gets_408(impatient_server):
         sock.sendall(b"POST /rerank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                      b"Content-Length: 100\r\n\r\n{\"query\"")
         start = time.monotonic()
-        status, headers, body = _read_response(sock, timeout=10)
+        status, _, body = _read_response(sock, timeout=10)
         assert status == 408, (status, body)
         assert json.loads(body) == {"error": "the request body was not received in time", "error_type": "http"}
         assert time.monotonic() - start < 6

@@ -1,4 +1,5 @@
-"""A real ``ettin-rerank serve`` process: configuration errors stop the start (exit 2, one line), it says where it
+"""A real ``ettin-rerank serve`` process: configuration errors stop the start (exit 2, one line), every flag can
+come from the environment (the shared process is configured by ``ETTIN_*`` variables alone), it says where it
 listens, what it loaded and when it is ready, writes an access log on request, and with a sub-second request
 timeout still answers what it accepted on SIGTERM (200, or 503 past a deadline; never 500)."""
 
@@ -15,6 +16,7 @@ import time
 
 import httpx
 import pytest
+from ettin_rerank.cli import build_parser
 
 
 def _free_port() -> int:
@@ -69,11 +71,13 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint):
+    """``ettin-rerank serve`` with no flag at all: a container's way, every setting from the environment."""
     port = _free_port()
-    process = subprocess.Popen(_command("--model", str(tiny_checkpoint), "--dtype", "float32", "--port", str(port),
-                                        "--request-timeout", "0.8", "--access-log"),
-                               env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
+    settings = {"ETTIN_MODEL": str(tiny_checkpoint), "ETTIN_DTYPE": "float32", "ETTIN_PORT": str(port),
+                "ETTIN_REQUEST_TIMEOUT": "0.8", "ETTIN_ACCESS_LOG": "1", "ETTIN_SERVED_MODEL_NAME": "from-env",
+                "ETTIN_MAX_DOCUMENTS": "77"}
+    process = subprocess.Popen(_command(), env={**os.environ, "HF_HUB_OFFLINE": "1", **settings},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     served = Served(process, f"http://127.0.0.1:{port}")
     try:
         served.wait_for(r"^ready$")
@@ -82,6 +86,49 @@ def served(tiny_checkpoint):
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+
+
+def test_the_environment_configures_it(served, tiny_checkpoint):
+    info = httpx.get(f"{served.url}/info").json()
+    assert info["model_id"] == "from-env" and info["model_path"] == str(tiny_checkpoint)
+    assert info["model_dtype"] == "float32" and info["max_client_batch_size"] == 77
+
+
+def _sample(action) -> tuple[str, object]:
+    """An environment value for ``action`` and what the parsed argument must then be."""
+    if action.nargs == 0:
+        return "yes", action.const
+    if action.choices:
+        return str(action.choices[-1]), action.choices[-1]
+    kind = action.type or str
+    raw = {int: "7", float: "0.5"}.get(kind, "from-env")
+    value = kind(raw) if kind in (int, float) else raw
+    return raw, [value] if action.__class__.__name__ == "_AppendAction" else value
+
+
+def test_every_flag_reads_an_environment_variable(monkeypatch):
+    """As TEI's MODEL_ID and PORT: a Kubernetes manifest configures the server without a shell."""
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    flags = [a for a in serve._actions if any(o.startswith("--") for o in a.option_strings) and a.dest != "help"]
+    assert len(flags) > 25
+    for action in flags:
+        variable = "ETTIN_" + next(o for o in action.option_strings if o.startswith("--"))[2:].replace("-", "_").upper()
+        raw, expected = _sample(action)
+        monkeypatch.setenv(variable, raw)
+        args = build_parser().parse_args(["serve"])
+        for dest, values in args.environment_lists.items():  # what the command does with repeatable flags
+            if getattr(args, dest) is None:
+                setattr(args, dest, values)
+        assert getattr(args, action.dest) == expected, variable
+        assert f"[env {variable}]" in action.help
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv("ETTIN_PORT", "8081")
+    assert build_parser().parse_args(["serve", "--port", "9090"]).port == 9090  # the command line wins
+    monkeypatch.setenv("ETTIN_MODEL", "17m,150m")
+    assert build_parser().parse_args(["serve", "--model", "32m"]).model == ["32m"]
+    monkeypatch.setenv("ETTIN_PORT", "eighty")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve"])
 
 
 def test_it_says_what_it_loaded_where_it_listens_and_when_it_is_ready(served, tiny_checkpoint):

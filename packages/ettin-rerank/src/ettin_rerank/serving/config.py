@@ -28,7 +28,7 @@ class ServerConfig:
         max_batch_tokens: Token budget of one forward pass (``None``: the engine's default for the device).
         max_batch_pairs: At most this many windows in one forward pass (``None``: only the token budget).
         max_queued_tokens: Tokens waiting for the model, all requests together; past it a request gets 429 with
-            ``Retry-After`` (``None``: 8x the batch budget).
+            ``Retry-After`` (``None``: 64 batches).
         max_tokenizing_chars: Characters of text accepted and not yet tokenized, all requests together; past it a
             request gets 429 before it is tokenized (``None``: 4x ``max_body_bytes``). Tokenizing costs memory
             (tens of bytes per character), so this bounds what requests cost before the token queue sees them.

@@ -85,12 +85,12 @@ def serve(config: ServerConfig, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
                        "(set --api-key or ETTIN_API_KEY)", host)
     config = for_host(config, host)
     app = create_app(config)
-    service = app.state.service
-    logger.info("loading %s ...", config.model)
-    service.load()
-    engine = service.engine
-    logger.info("model %r: %s (%s, %s, attention %s, max input %d tokens)", config.name, engine.model_path,
-                engine.device, str(engine.dtype).removeprefix("torch."), engine.attention, engine.model_max_length)
+    for name, service in app.state.services.items():
+        logger.info("loading %s ...", service.config.model)
+        service.load()
+        engine = service.engine
+        logger.info("model %r: %s (%s, %s, attention %s, max input %d tokens)", name, engine.model_path,
+                    engine.device, str(engine.dtype).removeprefix("torch."), engine.attention, engine.model_max_length)
     _AnnouncingServer(uvicorn_config(app, config, host, port, log_level=log_level)).run()
 
 
