@@ -412,7 +412,7 @@ def main() -> int:
     print(f"cpu: {report['cpu']['cpu']} ({report['cpu']['isa']}, native bf16: {report['cpu']['native_bf16']}); "
           f"model: untrained {args.shape} shape")
     if args.abuse:
-        report["abuse"] = abuse_suite(folder, args.requests or (16 if args.quick else 64), args.rounds,
+        report["abuse"] = abuse_suite(folder, args.requests or (12 if args.quick else 64), args.rounds,
                                       concurrency=4)
         tag = "".join(c if c.isalnum() else "-" for c in str(report["cpu"]["isa"])).lower()
         path = Path(args.output) / f"serve-abuse-cpu-{tag}-{'quick' if args.quick else 'full'}.json"

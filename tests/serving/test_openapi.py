@@ -54,12 +54,12 @@ def test_schemathesis_finds_nothing_wrong(server_url, tmp_path):
     config = tmp_path / "schemathesis.toml"
     config.write_text(SCHEMATHESIS_CONFIG)
     command = [sys.executable, "-m", "schemathesis.cli", "--no-color", "--config-file", str(config), "run",
-               f"{server_url}/openapi.json", "--checks", "all", "--max-examples", "25", "--workers", "2",
+               f"{server_url}/openapi.json", "--checks", "all", "--max-examples", "15", "--workers", "2",
                "--generation-codec", "ascii", "--seed", "21", "--report-dir", str(tmp_path / "report")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False, cwd=tmp_path)
     summary = result.stdout[-6000:]
     assert result.returncode == 0, summary
-    assert "Tested: 11" in summary and "failure" not in summary.split("SUMMARY")[-1].lower(), summary
+    assert "No issues found" in summary, summary
 
 
 def test_the_docs_use_no_cdn(server_url):
