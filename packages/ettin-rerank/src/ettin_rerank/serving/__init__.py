@@ -3,10 +3,12 @@ unchanged, batching pairs across requests; ``serve(config)`` runs it with uvicor
 ``pip install "ettin-rerank[server]"``.
 
 Rule: layers run one way, HTTP on top. ``batcher`` (windows of many requests -> shared forward passes, imports
-without the extra) and ``service`` (texts in, ranked results out) know nothing of HTTP; ``schemas`` (wire
-formats), ``errors`` (one status table, each API family's error shape), ``routes`` (one router per API family) and
-``app`` (the factory) are the HTTP layer; ``server`` runs it under uvicorn, ``ray`` on Ray Serve. The extra is
-checked when ``create_app``, ``serve`` or ``ServerConfig`` is first used from here.
+without the extra) and ``service`` (texts in, ranked results out, one per model) know nothing of HTTP; ``schemas``
+(wire formats), ``errors`` (one status table, each API family's error shape), ``routes`` (one router per API
+family), ``limits`` (body size and deadline, as bytes arrive), ``metrics``, ``openapi`` (the document as this server
+answers) and ``app`` (the factory) are the HTTP layer; ``server`` runs it under uvicorn (with ``protocol``'s header
+deadline), ``ray`` on Ray Serve. The extra is checked when ``create_app``, ``serve`` or ``ServerConfig`` is first
+used from here.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         msg = f"module 'ettin_rerank.serving' has no attribute {name!r}"
         raise AttributeError(msg)
-    missing = [module for module in ("fastapi", "uvicorn", "prometheus_client")
+    missing = [module for module in ("fastapi", "uvicorn", "prometheus_client", "fastapi_offline")
                if importlib.util.find_spec(module) is None]
     if missing:
         raise MissingExtraError(extra="server", missing=missing[0])

@@ -9,7 +9,8 @@ then sorted by length across requests and cut into token-budget passes, so windo
 (attention pays for the longest window of its pass: merging requests window by window in arrival order mixed
 lengths and cost 4-7% of throughput on a CPU, measured). Work whose caller has gone (cancelled, or past its
 deadline) is dropped before it reaches the model, between passes. The queue is bounded in tokens: past the bound
-:meth:`Batcher.score` raises :class:`QueueFullError` at once.
+:meth:`Batcher.score` raises :class:`QueueFullError` at once. A *probe* (the health check's tiny pass) bypasses the
+bound and runs before the next pass, so a full queue never makes the server look dead.
 """
 
 from __future__ import annotations
@@ -38,10 +39,10 @@ meanwhile waits at most this many passes."""
 
 
 class QueueFullError(Exception):
-    """The queue holds too many tokens; ``retry_after_s`` estimates when there will be room."""
+    """No room for the request now; ``retry_after_s`` estimates when there will be."""
 
-    def __init__(self, queued_tokens: int, retry_after_s: int) -> None:
-        super().__init__(f"the model queue is full ({queued_tokens} tokens waiting)")
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
         self.retry_after_s = retry_after_s
 
 
@@ -132,6 +133,7 @@ class Batcher:
         self.round_passes = round_passes
         self._stats = stats or BatchStats()
         self._jobs: deque[_Job] = deque()
+        self._probes: deque[_Job] = deque()
         self._queued_tokens = 0
         self._condition = threading.Condition()
         self._stopping = False
@@ -148,10 +150,11 @@ class Batcher:
         with self._condition:
             self._stopping = True
             if not drain:
-                for job in self._jobs:
+                for job in [*self._jobs, *self._probes]:
                     job.cancelled = True  # passes already taken skip its windows
                     self._fail(job, BatcherStoppedError("the server is shutting down"))
                 self._jobs.clear()
+                self._probes.clear()
                 self._queued_tokens = 0
             self._condition.notify_all()
         if self._thread.is_alive():
@@ -173,8 +176,11 @@ class Batcher:
 
     # ------------------------------------------------------------------ submitting
 
-    async def score(self, windows: Sequence[Window], *, timeout_s: float) -> list[float]:
+    async def score(self, windows: Sequence[Window], *, timeout_s: float, probe: bool = False) -> list[float]:
         """Raw scores of ``windows`` (in order), computed together with other callers' windows.
+
+        A ``probe`` (a few tokens: the health check) is not counted against the queue and runs in a pass of its own
+        before the next pass of the queue.
 
         Raises:
             TooLargeError: at once, when these windows alone are more than the queue may hold.
@@ -192,16 +198,24 @@ class Batcher:
             if self._stopping or not self._thread.is_alive():
                 msg = "the model worker is not running"
                 raise BatcherStoppedError(msg)
-            if job.tokens > self.max_queued_tokens:
+            if probe:
+                self._probes.append(job)
+            elif job.tokens > self.max_queued_tokens:
                 msg = (f"the request holds {job.tokens} tokens, more than the server queues at once "
                        f"({self.max_queued_tokens}); split it into smaller requests")
                 raise TooLargeError(msg)
-            if self._queued_tokens + job.tokens > self.max_queued_tokens:
-                raise QueueFullError(self._queued_tokens, self.retry_after_s())
-            self._jobs.append(job)
-            self._queued_tokens += job.tokens
-            self._stats.queued(self._queued_tokens, sum(len(j.order) - j.cursor for j in self._jobs))
+            elif self._queued_tokens + job.tokens > self.max_queued_tokens:
+                msg = f"the model queue is full ({self._queued_tokens} tokens waiting)"
+                raise QueueFullError(msg, self.retry_after_s())
+            else:
+                self._jobs.append(job)
+                self._queued_tokens += job.tokens
+                self._stats.queued(self._queued_tokens, sum(len(j.order) - j.cursor for j in self._jobs))
             self._condition.notify()
+        return await self._wait(job, timeout_s, now)
+
+    @staticmethod
+    async def _wait(job: _Job, timeout_s: float, now: float) -> list[float]:
         try:
             return await asyncio.wait_for(asyncio.shield(job.future), timeout=max(0.0, job.deadline - now))
         except asyncio.TimeoutError:
@@ -217,16 +231,28 @@ class Batcher:
     def _run(self) -> None:
         while True:
             with self._condition:
-                while not self._jobs and not self._stopping:
+                while not self._jobs and not self._probes and not self._stopping:
                     self._condition.wait()
                 self._drop_abandoned()
-                if not self._jobs:
+                if not self._jobs and not self._probes:
                     if self._stopping:
                         return
                     continue
-                passes = self._take_round()
+                passes = self._take_round() if self._jobs else []
+            self._run_probes()
             for batch in passes:
                 self._execute(batch)
+                self._run_probes()
+
+    def _run_probes(self) -> None:
+        """Each waiting probe in a pass of its own (they are a few tokens: this delays the queue very little)."""
+        while True:
+            with self._condition:
+                if not self._probes:
+                    return
+                job = self._probes.popleft()
+            if not job.cancelled and job.deadline > time.monotonic():
+                self._execute([(job, index) for index in range(len(job.windows))])
 
     def _drop_abandoned(self) -> None:
         now = time.monotonic()

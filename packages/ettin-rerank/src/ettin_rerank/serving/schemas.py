@@ -14,9 +14,9 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
 
 from ettin_rerank.results import TextSpan
 from ettin_rerank.serving.errors import ApiError
@@ -40,14 +40,37 @@ class RerankCall:
 
 # ---------------------------------------------------------------------- requests
 
+QUERY_SCHEMA = {"type": "string", "minLength": 1, "pattern": "[^\\s\\x00-\\x1f\\x7f-\\x9f]",
+                "description": "Must hold a visible character: not only whitespace, control, format (zero-width) or "
+                               "unassigned code points."}
+DOCUMENT_SCHEMA = {"anyOf": [
+    {"type": "string"},
+    {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
+     "description": "An object with a string `text`; other fields are kept (and returned with the document)."},
+]}
+
+
+def json_integer(value: Any) -> Any:
+    """A JSON number with no fraction as an ``int`` (JSON Schema's ``integer`` includes ``3.0``); anything else
+    unchanged, for the checks to judge."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+INTEGER_OPTIONS = ("max_length", "window_overlap", "max_tokens_per_doc")
+WireInt = Annotated[int, BeforeValidator(json_integer)]
+Query = Annotated[str, WithJsonSchema(QUERY_SCHEMA)]
+Documents = Annotated[list[Any], WithJsonSchema({"type": "array", "items": DOCUMENT_SCHEMA, "minItems": 1})]
+Texts = Annotated[list[Any], WithJsonSchema({"type": "array", "items": {"type": "string"}, "minItems": 1})]
+"""Documents are checked by :func:`document_texts` (messages that name the position); the schema says the same."""
+
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    query: str
-    documents: list[Any]
+    query: Query
+    documents: Documents
     model: str | None = None
-    top_n: int | None = None
+    top_n: WireInt | None = Field(default=None, description="How many results; null, absent, 0 or less: all.")
 
     @property
     def top_k(self) -> int | None:
@@ -58,7 +81,7 @@ class _Request(BaseModel):
 class CohereV2Request(_Request):
     """``POST /v2/rerank``. Older v2 SDKs (5.9-5.11) sent object documents and ``return_documents``."""
 
-    max_tokens_per_doc: int | None = Field(default=None, gt=0)
+    max_tokens_per_doc: Annotated[int, Field(gt=0), BeforeValidator(json_integer)] | None = None
     rank_fields: list[str] | None = None
     return_documents: bool | None = None
 
@@ -73,7 +96,7 @@ class CohereV1Request(_Request):
 
     rank_fields: list[str] | None = None
     return_documents: bool | None = None
-    max_chunks_per_doc: int | None = None
+    max_chunks_per_doc: WireInt | None = None
 
     def to_call(self, config: ServerConfig) -> RerankCall:
         """The call, with the server's defaults."""
@@ -84,10 +107,10 @@ class CohereV1Request(_Request):
 class TeiRequest(BaseModel):
     """``POST /rerank`` with ``texts``: Hugging Face text-embeddings-inference."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
-    query: str
-    texts: list[Any]
+    query: Query
+    texts: Texts
     truncate: bool | None = None
     truncation_direction: Literal["left", "right", "Left", "Right"] | None = None
     raw_scores: bool | None = None
@@ -118,23 +141,30 @@ class NativeRequest(BaseModel):
     """``POST /ettin/v1/rerank``: this project's own route, used by the adapters' remote mode. Carries every
     engine option and returns everything the engine knows about each document."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    query: str
-    documents: list[str]
-    top_k: int | None = None
-    score_threshold: float | None = None
-    options: dict[str, Any] = Field(default_factory=dict)
+    query: Query
+    model: str | None = Field(default=None, description="A served model (absent: the first)")
+    documents: Annotated[list[str], WithJsonSchema({"type": "array", "items": {"type": "string"}, "minItems": 1})]
+    top_k: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}],
+                                          "description": "Keep the best top_k (null: every document)."})] = None
+    score_threshold: Annotated[Any, WithJsonSchema({"anyOf": [{"type": "number"}, {"type": "null"}],
+                                                    "description": "Keep scores >= this (null: every one)."})] = None
+    options: Annotated[dict[str, Any], WithJsonSchema({"type": "object", "description": "RerankOptions by name"})] = (
+        Field(default_factory=dict))
 
     def to_call(self, config: ServerConfig) -> RerankCall:
         """The call: the server's ``max_tokens_per_doc``, then every option given."""
-        return RerankCall(self.query, self.documents, {"max_tokens_per_doc": config.max_tokens_per_doc, **self.options},
-                          top_k=self.top_k, score_threshold=self.score_threshold)
+        options = {name: json_integer(value) if name in INTEGER_OPTIONS else value
+                   for name, value in self.options.items()}
+        return RerankCall(self.query, self.documents, {"max_tokens_per_doc": config.max_tokens_per_doc, **options},
+                          top_k=json_integer(self.top_k), score_threshold=self.score_threshold)
 
 
 def document_texts(documents: list[Any], rank_fields: list[str] | None, field: str = "documents",
                    status: int = 400) -> list[str]:
-    """The text of each document: a string, or an object's ``text`` (or ``rank_fields`` as ``key: value`` lines).
+    """The text of each document: a string, or an object's ``text``; with ``rank_fields``, the object's fields
+    named there (those it has) as ``key: value`` lines, or its ``text`` if it has none of them.
 
     Raises:
         ApiError: ``status``, naming the first document that has no text.
@@ -143,19 +173,43 @@ def document_texts(documents: list[Any], rank_fields: list[str] | None, field: s
     for position, document in enumerate(documents):
         if isinstance(document, str):
             texts.append(document)
-        elif isinstance(document, dict) and rank_fields:
-            missing = [f for f in rank_fields if f not in document]
-            if missing:
-                msg = f"{field}[{position}] has no field {missing[0]!r} named in rank_fields"
-                raise ApiError(status, msg)
-            texts.append("\n".join(f"{f}: {document[f]}" for f in rank_fields))
         elif isinstance(document, dict) and isinstance(document.get("text"), str):
-            texts.append(document["text"])
+            named = [f for f in rank_fields or () if f in document]
+            texts.append("\n".join(f"{f}: {document[f]}" for f in named) if named else document["text"])
         else:
             got = type(document).__name__ if not isinstance(document, dict) else "an object without a string 'text'"
             msg = f"{field}[{position}] must be a string or an object with a string 'text', got {got}"
             raise ApiError(status, msg)
     return texts
+
+
+MAX_ECHO_DEPTH = 32
+"""Nesting allowed inside a document object that is returned as it was sent."""
+
+
+def check_echoable(documents: list[Any], field: str = "documents") -> None:
+    """Raise a 400 naming the first document object that cannot be written back as JSON: a string that is not
+    valid Unicode (a lone surrogate) anywhere in it, or nesting deeper than :data:`MAX_ECHO_DEPTH`."""
+    for position, document in enumerate(documents):
+        if not isinstance(document, dict):
+            continue
+        pending: list[tuple[Any, str, int]] = [(document, f"{field}[{position}]", 0)]
+        while pending:
+            value, where, depth = pending.pop()
+            if depth > MAX_ECHO_DEPTH:
+                msg = f"{where} is nested more than {MAX_ECHO_DEPTH} levels deep"
+                raise ApiError(400, msg)
+            if isinstance(value, str):
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as error:
+                    msg = f"{where} is not valid Unicode: {error.reason} at character {error.start}"
+                    raise ApiError(400, msg) from None
+            elif isinstance(value, dict):
+                pending.extend((key, f"{where} (a key)", depth + 1) for key in value)
+                pending.extend((item, f"{where}.{key}", depth + 1) for key, item in value.items())
+            elif isinstance(value, list):
+                pending.extend((item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value))
 
 
 def _options(config: ServerConfig, **given: Any) -> dict[str, Any]:
@@ -329,7 +383,38 @@ class NativeResponse(BaseModel):
         return cls(model=model, usage=NativeUsage(total_tokens=ranked.tokens), results=results)
 
 
+# ---------------------------------------------------------------------- errors
+
+
+class CohereError(BaseModel):
+    """The error body of the Cohere and Jina routes (and the native one): Cohere reads ``message``, Jina clients
+    ``detail``."""
+
+    message: str
+    detail: str
+
+
+class TeiError(BaseModel):
+    """The error body of TEI's route (``router/src/http/types.rs`` ``ErrorResponse``)."""
+
+    error: str
+    error_type: str
+
+
 # ---------------------------------------------------------------------- probes
+
+
+class RootResponse(BaseModel):
+    """``GET /``: where to look."""
+
+    name: Literal["ettin-rerank"] = "ettin-rerank"
+    version: str
+    docs: str = "/docs"
+    redoc: str = "/redoc"
+    openapi: str = "/openapi.json"
+    info: str = "/info"
+    models: str = "/v1/models"
+    health: str = "/health"
 
 
 class ReadyResponse(BaseModel):
@@ -338,8 +423,27 @@ class ReadyResponse(BaseModel):
     status: Literal["ready"] = "ready"
 
 
+class ModelInfo(BaseModel):
+    """One served model in ``GET /info``: what is loaded, how, its limits, and the memory of its weights."""
+
+    id: str
+    model_path: str
+    model_dtype: str
+    model_device: str
+    attention: str
+    max_input_length: int
+    max_batch_tokens: int
+    max_batch_pairs: int | None
+    max_queued_tokens: int
+    max_tokens_per_doc: int | None
+    long_document_strategy: str
+    calibrated: bool
+    memory_bytes: int | None = Field(description="Bytes of the model's weights and buffers")
+
+
 class InfoResponse(BaseModel):
-    """``GET /info``: TEI's field names (``null`` where this server has no such limit), plus the engine's."""
+    """``GET /info``: TEI's field names for the first (default) model (``null`` where this server has no such
+    limit), plus the engine's; ``models`` describes every model served."""
 
     model_id: str
     model_path: str
@@ -358,3 +462,22 @@ class InfoResponse(BaseModel):
     auto_truncate: bool = False
     long_document_strategy: str
     version: str
+    models: list[ModelInfo]
+
+
+class ModelCard(BaseModel):
+    """One entry of ``GET /v1/models`` (OpenAI's model object, as infinity and vLLM serve it)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "ettin-rerank"
+    root: str
+    max_model_len: int | None = None
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``: the models served, the default first."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
