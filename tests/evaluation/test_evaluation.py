@@ -8,6 +8,7 @@ import math
 import random
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,25 +24,50 @@ needs_scifact = pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").exists(),
                                    reason=f"SciFact assets not found at {SCIFACT}")
 
 
-@pytest.fixture(scope="module")
-def scifact_retrieval():
+DISTRACTORS = 700
+"""Unjudged abstracts kept beside the judged ones in the CI-sized SciFact (embedding all 5,183 takes CI minutes)."""
+
+
+def _scifact_retrieval(corpus_size: int | None):
     data = load_beir(SCIFACT, "test")
+    if corpus_size is not None:
+        judged = {doc for docs in data.qrels.values() for doc in docs}
+        others = sorted(set(data.corpus) - judged)
+        kept = judged | set(random.Random(0).sample(others, corpus_size))
+        data = replace(data, corpus={k: v for k, v in data.corpus.items() if k in kept})
     retrieved = retrieve(data, QdrantRetriever(), top_k=100)
     return data, retrieved, retrieved.run
 
 
+@pytest.fixture(scope="module")
+def scifact_subset():
+    return _scifact_retrieval(DISTRACTORS)
+
+
 @needs_scifact
-@pytest.mark.slow
-def test_dense_retrieval_reproduces_the_published_ndcg(scifact_retrieval):
-    data, retrieved, _ = scifact_retrieval
+@pytest.mark.manual
+def test_dense_retrieval_reproduces_the_published_ndcg():
+    data, retrieved, _ = _scifact_retrieval(None)
     assert len(data.queries) == 300 and len(data.corpus) == 5183
     assert retrieved.metrics["NDCG@10"] == pytest.approx(0.6451, abs=0.005)
 
 
 @needs_scifact
 @pytest.mark.slow
-def test_oracle_reranker_reaches_the_ceiling_set_by_recall(scifact_retrieval):
-    data, retrieved, run = scifact_retrieval
+def test_dense_retrieval_on_fewer_distractors_is_at_least_the_published_figure(scifact_subset):
+    """Leaving unjudged abstracts out can only move relevant ones up, so NDCG@10 cannot fall below the full corpus's
+    published 0.6451; swapped or misread qrels, or a wrong metric, fall far below it."""
+    data, retrieved, _ = scifact_subset
+    judged = {doc for docs in data.qrels.values() for doc in docs}
+    assert len(data.queries) == 300 and len(data.corpus) == len(judged) + DISTRACTORS
+    assert 0.6451 - 0.005 <= retrieved.metrics["NDCG@10"] < 1
+    assert retrieved.metrics["Recall@100"] > 0.9
+
+
+@needs_scifact
+@pytest.mark.slow
+def test_oracle_reranker_reaches_the_ceiling_set_by_recall(scifact_subset):
+    data, retrieved, run = scifact_subset
     oracle = metrics(data.qrels, oracle_run(data.qrels, run), 100)
     ceiling = []
     for qid, judged in data.qrels.items():
@@ -51,7 +77,7 @@ def test_oracle_reranker_reaches_the_ceiling_set_by_recall(scifact_retrieval):
         ceiling.append(sum(1 / math.log2(i + 2) for i in range(min(found, 10))) / ideal)
     assert oracle["NDCG@10"] == pytest.approx(sum(ceiling) / len(ceiling), abs=1e-9)
     assert oracle["Recall@100"] == pytest.approx(retrieved.metrics["Recall@100"], abs=1e-12)  # same documents
-    assert oracle["NDCG@10"] > retrieved.metrics["NDCG@10"] + 0.1
+    assert oracle["NDCG@10"] > retrieved.metrics["NDCG@10"] + 0.05
 
 
 def _mini_beir(folder: Path) -> Path:

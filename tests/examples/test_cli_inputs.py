@@ -93,20 +93,20 @@ def test_a_surrogate_in_the_query_is_named(tiny_checkpoint, tmp_path, capsys):
     assert "the query is not valid Unicode" in capsys.readouterr().err
 
 
-def test_window_overlap_option_reaches_the_engine(tiny_checkpoint, tmp_path):
+def test_window_overlap_option_reaches_the_engine(tiny_checkpoint, tmp_path, capsys):
     text = " ".join(["protein study results"] * 100)
     docs = _write(tmp_path / "long.txt", text + "\n")
     rows = {}
     for overlap in ("0", "24"):
-        result = _cli("rerank", "protein", str(docs), "--model", str(tiny_checkpoint), "--max-length", "64",
-                      "--window-overlap", overlap, "--dtype", "float32")
-        assert result.returncode == 0, result.stderr
-        rows[overlap] = json.loads(result.stdout)
+        assert main(["rerank", "protein", str(docs), "--model", str(tiny_checkpoint), "--max-length", "64",
+                     "--window-overlap", overlap, "--dtype", "float32"]) == 0
+        rows[overlap] = json.loads(capsys.readouterr().out)
     assert rows["24"]["num_windows"] > rows["0"]["num_windows"] > 1
 
 
 def test_output_into_a_closed_pipe_stops_quietly(tiny_checkpoint, tmp_path):
-    docs = _write(tmp_path / "many.txt", "\n".join(f"document {i} " + "text " * 60 for i in range(1500)) + "\n")
+    # 400 lines of output (~170 KB) are well past a pipe's 64 KiB buffer, so writes meet the closed pipe
+    docs = _write(tmp_path / "many.txt", "\n".join(f"document {i} " + "text " * 60 for i in range(400)) + "\n")
     command = (f"{sys.executable} -m ettin_rerank.cli rerank 'which document' {docs} --model {tiny_checkpoint} "
                "--max-length 128 | head -n 1")
     result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=300, check=False,

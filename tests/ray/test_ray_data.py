@@ -14,18 +14,18 @@ pq = pytest.importorskip("pyarrow.parquet")
 WORDS = "protein cell gene disease study results patients clinical treatment effect data risk brain".split()
 
 
-def test_ten_thousand_pairs(ray_local, tmp_path, tiny_checkpoint, reranker):
+def test_thousands_of_pairs_in_several_blocks(ray_local, tmp_path, tiny_checkpoint, reranker):
     import ray.data
 
     rng = random.Random(4)
-    count = 10_000
+    count = 2_000
     queries = [f"query {i // 20} {rng.choice(WORDS)}" for i in range(count)]
     documents = [" ".join(rng.choices(WORDS, k=rng.randint(3, 12))) for _ in range(count)]
     source = tmp_path / "pairs.parquet"
     pq.write_table(pa.table({"pair_id": list(range(count)), "qid": [i // 20 for i in range(count)],
                              "query": queries, "document": documents}), source)
     config = BatchConfig(model=str(tiny_checkpoint), engine_options={"device": "cpu", "dtype": "float32"})
-    scored = rerank_dataset(ray.data.read_parquet(str(source)), config, actors=1, rows_per_batch=2000)
+    scored = rerank_dataset(ray.data.read_parquet(str(source)), config, actors=1, rows_per_batch=500)
     table = scored.to_arrow_refs()
     rows = pa.concat_tables(ray.get(table)).to_pydict()
     assert rows["pair_id"] == list(range(count)), "every row exactly once, in input order"
