@@ -34,6 +34,8 @@ class EngineArgs:
         batch_tokens: Token budget of one forward pass (``None``: 2,048 on CPU, 65,536 on CUDA).
         batch_size: At most this many windows in one forward pass (``None``: only the token budget limits it).
         trust_remote_code: Allow custom modelling code from the checkpoint. Off by default.
+        threads: CPU threads of a forward pass (``None``: the CPUs the process may use, by affinity and cgroup
+            quota, fewer while other processes keep some busy; a number is used as given).
     """
 
     model: str | os.PathLike[str] = "17m"
@@ -47,6 +49,7 @@ class EngineArgs:
     batch_tokens: int | None = None
     batch_size: int | None = None
     trust_remote_code: bool = False
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, (str, os.PathLike)) or not str(self.model).strip():
@@ -58,7 +61,7 @@ class EngineArgs:
         if self.attention is not None and self.attention not in ATTENTION_BACKENDS:
             msg = f"attention must be one of {', '.join(ATTENTION_BACKENDS)} or None, but got {self.attention!r}"
             raise ValueError(msg)
-        for name in ("batch_tokens", "batch_size"):
+        for name in ("batch_tokens", "batch_size", "threads"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0):
                 msg = f"{name} must be a positive integer or None, but got {value!r}"

@@ -20,6 +20,7 @@ from ettin_rerank.engine.budget import token_budget_batches
 from ettin_rerank.engine.device import resolve_device, resolve_dtype
 from ettin_rerank.engine.loading import HubOptions, load_cross_encoder, resolve_model_path
 from ettin_rerank.engine.scorers import Scorer, select_scorer
+from ettin_rerank.engine.threads import ThreadGovernor, usable_cpus
 from ettin_rerank.engine.tokenization import PairTokenizer, Window
 from ettin_rerank.engine.windows import PreparedPairs, prepare_pairs
 from ettin_rerank.errors import CancelledError
@@ -38,6 +39,17 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "CancelledError", "Reranker"]
+
+
+def _thread_governor(threads: int | None) -> ThreadGovernor:
+    """Fixed ``threads`` if given; else at most the usable CPUs (and ``OMP_NUM_THREADS``), following the load."""
+    if threads is not None:
+        return ThreadGovernor(threads, adaptive=False)
+    limit = usable_cpus()
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        limit = min(limit, int(omp))
+    return ThreadGovernor(limit)
 
 
 class Reranker:
@@ -63,6 +75,9 @@ class Reranker:
         batch_tokens: Token budget of one forward pass. Defaults to 2,048 on CPU and 65,536 on CUDA.
         batch_size: At most this many windows in one forward pass (``None``: only the token budget limits it).
         attention: ``"sdpa"``, ``"flash_attn"`` or ``"varlen"``; ``None`` picks the fastest available.
+        threads: CPU threads of a forward pass. ``None``: the CPUs this process may use (its affinity and cgroup
+            quota, and ``OMP_NUM_THREADS`` if set), fewer while other processes keep some of them busy. A number
+            is used as given.
         revision: Hub revision (branch, tag or commit) for hub ids.
         token: Hub token for private models.
         cache_folder: Hugging Face cache folder.
@@ -94,6 +109,7 @@ class Reranker:
         batch_tokens: int | None = None,
         batch_size: int | None = None,
         attention: str | None = None,
+        threads: int | None = None,
         revision: str | None = None,
         token: bool | str | None = None,
         cache_folder: str | None = None,
@@ -103,7 +119,8 @@ class Reranker:
     ) -> None:
         args = EngineArgs(model=model, device=device, dtype=dtype, revision=revision, token=token,
                           cache_folder=cache_folder, local_files_only=local_files_only, attention=attention,
-                          batch_tokens=batch_tokens, batch_size=batch_size, trust_remote_code=trust_remote_code)
+                          batch_tokens=batch_tokens, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                          threads=threads)
         defaults = RerankOptions().merged({
             "max_length": max_length, "long_document_strategy": long_document_strategy,
             "window_overlap": window_overlap, "activation": activation, "max_tokens_per_doc": max_tokens_per_doc,
@@ -125,6 +142,7 @@ class Reranker:
         self.dtype = resolve_dtype(args.dtype, self.device)
         self.batch_tokens = args.batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 8192)
         self.batch_size = args.batch_size
+        self._threads = _thread_governor(args.threads) if self.device.type == "cpu" else None
         hub = HubOptions(revision=args.revision, token=args.token, cache_folder=args.cache_folder,
                          local_files_only=args.local_files_only)
         self.model_path = resolve_model_path(args.model, hub)
@@ -386,9 +404,16 @@ class Reranker:
         show = self.show_progress_bar
         if show is None:
             show = logger.isEnabledFor(logging.INFO) and len(batches) > 1
-        for batch in tqdm(batches, desc="Reranking", unit="batch", disable=not show):
-            if cancel is not None and cancel.is_set():
-                msg = "the caller went away; the remaining batches were not run"
-                raise CancelledError(msg)
-            scores[batch] = scorer([windows[i] for i in batch]).cpu()
+        caller_threads = torch.get_num_threads()
+        try:
+            for batch in tqdm(batches, desc="Reranking", unit="batch", disable=not show):
+                if cancel is not None and cancel.is_set():
+                    msg = "the caller went away; the remaining batches were not run"
+                    raise CancelledError(msg)
+                if self._threads is not None:
+                    self._threads.apply()
+                scores[batch] = scorer([windows[i] for i in batch]).cpu()
+        finally:
+            if torch.get_num_threads() != caller_threads:
+                torch.set_num_threads(caller_threads)  # the caller's thread count is theirs
         return scores.tolist()
