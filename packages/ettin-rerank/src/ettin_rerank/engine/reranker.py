@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from ettin_rerank.args import EngineArgs
 from ettin_rerank.engine.activation import NOT_CALIBRATED, load_calibration
 from ettin_rerank.engine.budget import token_budget_batches
-from ettin_rerank.engine.device import resolve_device, resolve_dtype
+from ettin_rerank.engine.device import cpu_kind, resolve_device, resolve_dtype, resolve_runtime
 from ettin_rerank.engine.loading import HubOptions, load_cross_encoder, resolve_model_path
 from ettin_rerank.engine.scorers import Scorer, select_scorer
 from ettin_rerank.engine.threads import ThreadGovernor, usable_cpus
@@ -75,6 +75,9 @@ class Reranker:
         batch_tokens: Token budget of one forward pass. Defaults to 2,048 on CPU and 65,536 on CUDA.
         batch_size: At most this many windows in one forward pass (``None``: only the token budget limits it).
         attention: ``"sdpa"``, ``"flash_attn"`` or ``"varlen"``; ``None`` picks the fastest available.
+        runtime: ``"torch"`` or ``"openvino"`` (CPU; ``pip install "ettin-rerank[openvino]"``). ``None``: the
+            runtime measured fastest on this CPU kind, if installed (``benchmarks/results/``, README "Performance").
+        precision: ``"int8"`` (OpenVINO + NNCF, an explicit opt-in: not exact) or ``None`` (``dtype`` decides).
         threads: CPU threads of a forward pass. ``None``: the CPUs this process may use (its affinity and cgroup
             quota, and ``OMP_NUM_THREADS`` if set), fewer while other processes keep some of them busy. A number
             is used as given.
@@ -109,6 +112,8 @@ class Reranker:
         batch_tokens: int | None = None,
         batch_size: int | None = None,
         attention: str | None = None,
+        runtime: str | None = None,
+        precision: str | None = None,
         threads: int | None = None,
         revision: str | None = None,
         token: bool | str | None = None,
@@ -120,7 +125,7 @@ class Reranker:
         args = EngineArgs(model=model, device=device, dtype=dtype, revision=revision, token=token,
                           cache_folder=cache_folder, local_files_only=local_files_only, attention=attention,
                           batch_tokens=batch_tokens, batch_size=batch_size, trust_remote_code=trust_remote_code,
-                          threads=threads)
+                          runtime=runtime, precision=precision, threads=threads)
         defaults = RerankOptions().merged({
             "max_length": max_length, "long_document_strategy": long_document_strategy,
             "window_overlap": window_overlap, "activation": activation, "max_tokens_per_doc": max_tokens_per_doc,
@@ -155,18 +160,39 @@ class Reranker:
         self._pair_tokenizer = PairTokenizer(self._cross_encoder.tokenizer)
         self.show_progress_bar = show_progress_bar
         self._scorer: Scorer | None
-        self._scorer, self.attention = select_scorer(self._cross_encoder, self.device, self.dtype, args.attention)
+        self.runtime = resolve_runtime(args.runtime, args.precision, self.device)
+        self.precision = args.precision
+        self.cpu_kind = cpu_kind() if self.device.type == "cpu" else None
+        if self.runtime == "openvino":
+            self._scorer, self.attention = self._openvino_scorer(args), "openvino"
+        else:
+            self._scorer, self.attention = select_scorer(self._cross_encoder, self.device, self.dtype,
+                                                         args.attention)
         self._defaults = self._resolve(defaults)
         logger.info(
-            "Loaded %s on %s (%s, attention=%s, max_length=%d)",
-            self.model_path, self.device, str(self.dtype).removeprefix("torch."), self.attention,
+            "Loaded %s on %s (%s, runtime=%s, attention=%s, max_length=%d)",
+            self.model_path, self.device, str(self.dtype).removeprefix("torch."), self.runtime, self.attention,
             self._defaults.max_length,
         )
 
+    def _openvino_scorer(self, args: EngineArgs) -> Scorer:
+        from ettin_rerank.engine.openvino_runtime import OpenVINOScorer, calibration_batches
+
+        if args.attention not in (None, "sdpa"):
+            msg = f"attention={args.attention!r} is a torch backend; runtime='openvino' has its own attention"
+            raise ValueError(msg)
+        calibration = None
+        if args.precision == "int8":
+            calibration = functools.partial(calibration_batches, self._pair_tokenizer, self.model_max_length)
+        return OpenVINOScorer(self._cross_encoder, self.model_path, dtype=self.dtype, threads=self._threads,
+                              pad_id=self._cross_encoder.tokenizer.pad_token_id or 0, calibration=calibration)
+
     def __repr__(self) -> str:
+        precision = f", precision={self.precision!r}" if self.precision else ""
         return (
             f"Reranker(model={self.model_name!r}, device={str(self.device)!r}, "
-            f"dtype={str(self.dtype).removeprefix('torch.')!r}, attention={self.attention!r})"
+            f"dtype={str(self.dtype).removeprefix('torch.')!r}, runtime={self.runtime!r}{precision}, "
+            f"attention={self.attention!r})"
         )
 
     # ------------------------------------------------------------------ lifetime
@@ -410,8 +436,8 @@ class Reranker:
                 if cancel is not None and cancel.is_set():
                     msg = "the caller went away; the remaining batches were not run"
                     raise CancelledError(msg)
-                if self._threads is not None:
-                    self._threads.apply()
+                if self._threads is not None and self.runtime == "torch":
+                    self._threads.apply()  # (the OpenVINO scorer asks the governor itself)
                 scores[batch] = scorer([windows[i] for i in batch]).cpu()
         finally:
             if torch.get_num_threads() != caller_threads:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -69,21 +70,22 @@ class PaddedScorer:
         return self._model(features)["scores"].float().reshape(len(windows), -1)[:, 0]
 
 
+def encoder_pooling_head(cross_encoder) -> tuple[torch.nn.Module, str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The ``ModernBertModel``, its pooling (``"cls"`` or ``"mean"``) and the head as a float32 function of the
+    pooled vectors, for a checkpoint :meth:`PackedModernBertScorer.supports`."""
+    inner = cross_encoder[0].model
+    if _is_sequence_classifier(inner):
+        head, classifier = _float32_copy(inner.head), _float32_copy(inner.classifier)
+        return inner.model, inner.config.classifier_pooling, lambda pooled: classifier(head(pooled))[:, 0]
+    modules = [_float32_copy(cross_encoder[i]) for i in range(2, len(cross_encoder))]
+    return inner, cross_encoder[1].pooling_mode, lambda pooled: _run_modules(modules, pooled)
+
+
 class PackedModernBertScorer:
     """ModernBERT forward on packed tokens, then the checkpoint's own pooling and head (see :meth:`supports`)."""
 
     def __init__(self, cross_encoder, device: torch.device, attention: AttentionFn) -> None:
-        inner = cross_encoder[0].model
-        if _is_sequence_classifier(inner):
-            self._model = inner.model
-            self._pooling = inner.config.classifier_pooling
-            head, classifier = _float32_copy(inner.head), _float32_copy(inner.classifier)
-            self._head = lambda pooled: classifier(head(pooled))[:, 0]
-        else:
-            modules = [_float32_copy(cross_encoder[i]) for i in range(2, len(cross_encoder))]
-            self._model = inner
-            self._pooling = cross_encoder[1].pooling_mode
-            self._head = lambda pooled: _run_modules(modules, pooled)
+        self._model, self._pooling, self._head = encoder_pooling_head(cross_encoder)
         self._device = device
         self._attention = attention
         config = self._model.config

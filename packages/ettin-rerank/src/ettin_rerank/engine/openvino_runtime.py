@@ -1,0 +1,201 @@
+"""OpenVINO as the CPU runtime of the encoder (``runtime="openvino"``, ``pip install "ettin-rerank[openvino]"``).
+
+The checkpoint's encoder and pooling (:class:`~ettin_rerank.engine.export.PaddedEncoder`) are converted once to
+OpenVINO's format and kept on disk (``$ETTIN_RERANK_CACHE``, else ``~/.cache/ettin-rerank/openvino``), keyed by
+the checkpoint's weights and the versions involved; later loads read the converted model. Batches are the engine's
+length-sorted token-budget batches, padded to the longest window of each (rounded up to 8 tokens); the head runs in
+PyTorch in float32, as on the torch runtime. Windows, long-document strategies, results and errors are the engine's
+own: only the forward pass changes.
+
+Precision: ``dtype`` becomes OpenVINO's inference precision (``float32`` -> f32, ``bfloat16`` -> bf16, which the CPU
+plugin runs on AMX / AVX-512 BF16). ``precision="int8"`` quantizes the converted model with NNCF (post-training,
+calibrated on the bundled demo corpus): faster on some CPUs, not exact; its rank agreement is measured in
+``benchmarks/bench.py --suites peers``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from ettin_rerank.engine.export import PaddedEncoder, pad_batch
+from ettin_rerank.engine.scorers import PackedModernBertScorer, encoder_pooling_head
+from ettin_rerank.engine.threads import ThreadGovernor
+from ettin_rerank.engine.tokenization import Window
+from ettin_rerank.errors import ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+EXPORT_VERSION = 1
+"""Bumped whenever :class:`PaddedEncoder` changes what it computes (old cache entries are then not read)."""
+INSTALL_HINT = 'runtime="openvino" needs OpenVINO: pip install "ettin-rerank[openvino]"'
+INT8_HINT = 'precision="int8" needs OpenVINO and NNCF: pip install "ettin-rerank[openvino]"'
+_PRECISION_HINTS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
+
+
+def openvino_available() -> bool:
+    """Whether the ``openvino`` package can be imported."""
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def cache_root() -> Path:
+    """Where converted models are kept: ``$ETTIN_RERANK_CACHE/openvino``, else the user's cache folder."""
+    base = os.environ.get("ETTIN_RERANK_CACHE")
+    if base:
+        return Path(base).expanduser() / "openvino"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "ettin-rerank" / "openvino"
+
+
+def _cache_key(model_path: Path, int8: bool) -> str:
+    """Identifies a conversion: the checkpoint's files (path, size, modification time) and the versions used."""
+    files = sorted(p for p in Path(model_path).rglob("*") if p.is_file() and not p.name.startswith("."))
+    stats = [(str(p.relative_to(model_path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    versions = {name: _version(name) for name in ("openvino", "torch", "transformers", "nncf" if int8 else "")}
+    blob = json.dumps({"path": str(Path(model_path).resolve()), "files": stats, "versions": versions,
+                       "export": EXPORT_VERSION, "int8": int8}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _version(name: str) -> str | None:
+    if not name:
+        return None
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+class OpenVINOScorer:
+    """Scores windows with the checkpoint's encoder compiled by OpenVINO for this CPU, then the float32 head.
+
+    Args:
+        cross_encoder: The loaded checkpoint (ModernBERT layouts only, as :class:`PackedModernBertScorer`).
+        model_path: Its folder (the cache key).
+        dtype: Inference precision (float32, bfloat16 or float16).
+        threads: The engine's thread governor: how many threads each batch may use (fewer under contention).
+        pad_id: Token id written into padding (masked out).
+        calibration: For ``int8``: a function returning calibration batches ``[(input_ids, attention_mask)]``.
+    """
+
+    def __init__(self, cross_encoder, model_path: Path, *, dtype: torch.dtype, threads: ThreadGovernor,
+                 pad_id: int = 0, calibration: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
+                 ) -> None:
+        try:
+            import openvino as ov
+        except ImportError as error:
+            raise ModelLoadError(INT8_HINT if calibration else INSTALL_HINT) from error
+        if not PackedModernBertScorer.supports(cross_encoder):
+            msg = ("runtime='openvino' runs ModernBERT checkpoints (the Ettin rerankers, "
+                   "ModernBertForSequenceClassification); this model runs on runtime='torch'")
+            raise ValueError(msg)
+        encoder, pooling, self._head = encoder_pooling_head(cross_encoder)
+        self._pad_id = pad_id
+        self.int8 = calibration is not None
+        self.path = cache_root() / _cache_key(model_path, self.int8) / "model.xml"
+        core = ov.Core()
+        if not self.path.is_file():
+            self._convert(ov, encoder, pooling, calibration)
+        logger.info("OpenVINO: reading the converted model %s", self.path)
+        model = core.read_model(self.path)  # the first load too, so that every load computes the same numbers
+        self._core, self._model, self._threads = core, model, threads
+        self._precision = _PRECISION_HINTS[dtype]
+        self._compiled: dict[int, object] = {}
+        self._compile_lock = threading.Lock()
+        self._compiled_for(threads.max_threads)
+        self._local = threading.local()
+
+    def _compiled_for(self, threads: int) -> object:
+        """The model compiled for ``threads`` threads (OpenVINO fixes the count at compile time; the count the
+        thread governor asks for under contention is compiled on first use, then kept)."""
+        compiled = self._compiled.get(threads)
+        if compiled is None:
+            with self._compile_lock:
+                compiled = self._compiled.get(threads)
+                if compiled is None:
+                    config = {"INFERENCE_PRECISION_HINT": self._precision, "PERFORMANCE_HINT": "LATENCY",
+                              "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
+                    compiled = self._compiled[threads] = self._core.compile_model(self._model, "CPU", config)
+        return compiled
+
+    def _convert(self, ov, encoder, pooling: str, calibration) -> None:
+        logger.info("OpenVINO: converting the checkpoint once (kept in %s)", self.path.parent)
+        if any(p.dtype != torch.float32 for p in encoder.parameters()):
+            encoder = copy.deepcopy(encoder).float()  # convert the float32 weights; the precision is a hint
+        module = PaddedEncoder(encoder, pooling).eval()
+        example = pad_batch([[self._pad_id + 1] * 20, [self._pad_id + 1] * 9])
+        with torch.no_grad():  # tracing first is ~10x faster than handing OpenVINO the module (5 s vs 50 s, 17m)
+            traced = torch.jit.trace(module, example, check_trace=False)
+        inputs = [(name, [-1, -1], ov.Type.i64) for name in ("input_ids", "attention_mask")]
+        model = ov.convert_model(traced, example_input=example, input=inputs)
+        if calibration is not None:
+            model = _quantize_int8(model, calibration())
+        self.path.parent.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=self.path.parent.parent))
+        try:
+            ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
+            try:
+                staging.rename(self.path.parent)  # complete, or not there at all
+            except OSError:
+                if not self.path.is_file():  # not another process that finished first
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def __call__(self, windows: list[Window]) -> torch.Tensor:
+        threads = self._threads.choose()
+        requests = getattr(self._local, "requests", None)
+        if requests is None:  # infer requests per calling thread: the engine is shared between threads
+            requests = self._local.requests = {}
+        request = requests.get(threads)
+        if request is None:
+            request = requests[threads] = self._compiled_for(threads).create_infer_request()
+        ids, mask = pad_batch([w.input_ids for w in windows], pad_id=self._pad_id)
+        request.infer({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+        pooled = torch.from_numpy(request.get_output_tensor(0).data.copy())
+        return self._head(pooled.float()).reshape(len(windows))
+
+
+def _quantize_int8(model, batches: list[tuple[torch.Tensor, torch.Tensor]]):
+    try:
+        import nncf
+    except ImportError as error:
+        raise ModelLoadError(INT8_HINT) from error
+    dataset = nncf.Dataset([{"input_ids": ids.numpy(), "attention_mask": mask.numpy()} for ids, mask in batches])
+    return nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, subset_size=len(batches))
+
+
+def calibration_batches(tokenizer, max_length: int, batch: int = 8) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """int8 calibration inputs: every title of the bundled demo corpus as a query against every passage (windows of
+    at most ``max_length`` tokens), in padded batches."""
+    from importlib import resources
+
+    lines = resources.files("ettin_rerank").joinpath("data/demo_corpus.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in lines.splitlines() if line.strip()]
+    titles, texts = [r["title"] for r in rows], [r["text"] for r in rows]
+    documents = tokenizer.encode_documents(texts)
+    windows = []
+    for number, title in enumerate(titles):
+        query = tokenizer.encode_query(title)[: max_length // 2]
+        for offset in range(0, len(documents), 7):  # a spread of passages per query, the matching one included
+            index = (number + offset) % len(documents)
+            room = max_length - len(query) - tokenizer.template.num_special
+            ids = documents[index].ids[: max(1, room)]
+            windows.append(tokenizer.build(0, query, ids, 0, len(ids)).input_ids)
+    windows.sort(key=len)
+    return [pad_batch(windows[i : i + batch]) for i in range(0, len(windows), batch)]
