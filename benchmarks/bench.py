@@ -450,8 +450,8 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=None, help="natural pairs per shape")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--suites", default=None,
-                        help="natural,latency,classifier,long,scaling,memory,int8,peers "
-                             "(default: all but int8 and peers; quick: natural,latency)")
+                        help="natural,latency,classifier,long,scaling,memory,int8,peers; contention alone runs "
+                             "only --contention (default: all but int8 and peers; quick: natural,latency)")
     parser.add_argument("--long-shapes", default=None,
                         help="shapes for the long, scaling and memory suites (default: 17m on CPU, 17m,150m on CUDA)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
@@ -495,9 +495,9 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     device_tag = "".join(c if c.isalnum() else "-" for c in (torch.cuda.get_device_name() if gpu else
                                                               f"x86-64-{cpu['isa']}")).strip("-").lower()[:40]
-    run_tag = "quick" if args.quick else "-".join(sorted(suites)) if args.suites else "full"
+    run_tag = "quick" if args.quick else "-".join(sorted(suites - {"contention"})) if args.suites else "full"
     if args.contention:
-        run_tag += f"-contention{args.contention}"
+        run_tag = "-".join(filter(None, [run_tag, f"contention{args.contention}"]))
     path = out / f"{args.device}-{device_tag}-{run_tag}.json"
     for shape_name in shapes:
         folder = Path(args.cache) / shape_name
