@@ -273,7 +273,8 @@ def released_range(folder: Path, out: Path, pairs: list[tuple[str, str]]) -> Pat
 
 
 def latency_suite(folder: Path, device: str, queries: list[tuple[str, list[str]]], repeats: int) -> dict:
-    """One RAG call (one query, its passages) at a time: the first call after loading, then p50 / p95."""
+    """One RAG call (one query, its passages) at a time: the first call after loading, then p50 / p95; the two
+    variants alternate call by call."""
     from sentence_transformers import CrossEncoder
 
     identity = torch.nn.Identity()
@@ -283,24 +284,28 @@ def latency_suite(folder: Path, device: str, queries: list[tuple[str, list[str]]
         return lambda query, documents: model.predict([(query, d) for d in documents], batch_size=32,
                                                       activation_fn=identity)
 
-    report = {}
     loaders = {"ST (default load)": load_st,
                "ettin-rerank (default)": lambda: Reranker(folder, device=device, max_length=512).score}
-    for name, load in loaders.items():
-        call = load()
-        for size in sorted({len(d) for _, d in queries}):
-            calls = [(q, d) for q, d in queries if len(d) == size]
-            start = time.perf_counter()
-            call(*calls[0])
-            first = time.perf_counter() - start
-            times = []
-            for query, documents in calls[1 : repeats + 1]:
+    calls_by_name = {name: load() for name, load in loaders.items()}
+    report = {}
+    for size in sorted({len(d) for _, d in queries}):
+        calls = [(q, d) for q, d in queries if len(d) == size]
+        first: dict[str, float] = {}
+        times: dict[str, list[float]] = {name: [] for name in calls_by_name}
+        for number, (query, documents) in enumerate(calls[: repeats + 1]):
+            for name, call in calls_by_name.items():  # alternated call by call: a load spike hits both
                 start = time.perf_counter()
                 call(query, documents)
-                times.append(time.perf_counter() - start)
-            quantiles = statistics.quantiles(times, n=20) if len(times) > 1 else times * 19
-            report[f"{name}, 1 x {size}"] = {"first_call_ms": first * 1000, "p50_ms": statistics.median(times) * 1000,
-                                             "p95_ms": quantiles[18] * 1000, "calls": len(times)}
+                elapsed = time.perf_counter() - start
+                if number == 0:
+                    first[name] = elapsed
+                else:
+                    times[name].append(elapsed)
+        for name in calls_by_name:
+            quantiles = statistics.quantiles(times[name], n=20) if len(times[name]) > 1 else times[name] * 19
+            report[f"{name}, 1 x {size}"] = {"first_call_ms": first[name] * 1000,
+                                             "p50_ms": statistics.median(times[name]) * 1000,
+                                             "p95_ms": quantiles[18] * 1000, "calls": len(times[name])}
     return report
 
 
