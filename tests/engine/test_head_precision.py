@@ -21,10 +21,11 @@ WORDS = "protein cell gene disease study results patients clinical treatment eff
 
 @pytest.fixture(scope="module")
 def many_texts(wide_texts):
-    """160 texts (the wide fixture's 24 and variations of them): logits spread over the released range."""
+    """80 texts (the wide fixture's 24 and variations of them): logits spread over the released range, 33 of them
+    above 8, where a bf16 head's step is 0.0625 or more (the bf16 head tied pairs here that float32 does not)."""
     rng = random.Random(25)
     extra = [f"{text} {' '.join(rng.choices(WORDS, k=rng.randint(0, 6)))}" for text in wide_texts for _ in range(5)]
-    return [*wide_texts, *extra][:160]
+    return [*wide_texts, *extra][:80]
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 import pytest
 import torch
 from ettin_rerank import Reranker
+from ettin_rerank.engine import reranker as reranker_module
 from ettin_rerank.engine import threads as engine_threads
 from ettin_rerank.engine.threads import ThreadGovernor, cgroup_cpu_limit, usable_cpus
 
@@ -45,36 +47,61 @@ def test_cgroup_v1_quota_and_no_quota(tmp_path):
     assert cgroup_cpu_limit(tmp_path / "missing", cgroup) is None
 
 
-def test_a_one_cpu_quota_caps_the_engine_at_one_thread(tmp_path, monkeypatch, tiny_checkpoint, make_text):
-    """A container limited to fewer CPUs than the host has must not start a thread per host CPU."""
+@pytest.fixture
+def one_cpu_quota(tmp_path, monkeypatch):
+    """This process in a cgroup limited to one CPU (``docker run --cpus 1``); the caller runs two torch threads."""
     root = tmp_path / "cgroup"
     root.mkdir()
     (root / "cpu.max").write_text("100000 100000\n")
     monkeypatch.setattr(engine_threads, "CGROUP_ROOT", root)
     monkeypatch.setattr(engine_threads, "PROC_CGROUP", _proc_cgroup(tmp_path, "0::/\n"))
-    assert usable_cpus() == 1
-    engine = Reranker(tiny_checkpoint, device="cpu", dtype="float32")
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def _threads_seen_by_the_encoder(engine, texts) -> list[int]:
     seen = []
     layer = engine._cross_encoder[0].model.layers[0]
     handle = layer.attn.Wqkv.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
     try:
-        engine.score("protein", [make_text(30) for _ in range(4)])
+        engine.score("protein", texts)
     finally:
         handle.remove()
+    return seen
+
+
+def test_a_one_cpu_quota_caps_the_engine_at_one_thread(one_cpu_quota, monkeypatch, tiny_checkpoint, make_text):
+    """A container limited to fewer CPUs than the host has must not start a thread per host CPU: not while the
+    checkpoint loads, not while it scores; the caller's own count is left as it was."""
+    assert usable_cpus() == 1
+    loading = []
+    load = reranker_module.load_cross_encoder
+
+    def counting_load(*args, **kwargs):
+        loading.append(torch.get_num_threads())
+        return load(*args, **kwargs)
+
+    monkeypatch.setattr(reranker_module, "load_cross_encoder", counting_load)
+    engine = Reranker(tiny_checkpoint, device="cpu", dtype="float32")
+    assert loading == [1]
+    seen = _threads_seen_by_the_encoder(engine, [make_text(30) for _ in range(4)])
     assert seen and set(seen) == {1}
+    assert torch.get_num_threads() == 2
+
+
+def test_explicit_threads_above_the_quota_are_capped_and_said(one_cpu_quota, tiny_checkpoint, make_text, caplog):
+    with caplog.at_level(logging.WARNING, logger="ettin_rerank.engine.reranker"):
+        engine = Reranker(tiny_checkpoint, device="cpu", dtype="float32", threads=8)
+    assert set(_threads_seen_by_the_encoder(engine, [make_text(30) for _ in range(2)])) == {1}
+    assert any("threads=8" in r.getMessage() and "1 CPU" in r.getMessage() for r in caplog.records)
 
 
 def test_explicit_threads_are_used_and_the_callers_setting_restored(tiny_checkpoint, make_text):
     before = torch.get_num_threads()
     engine = Reranker(tiny_checkpoint, device="cpu", dtype="float32", threads=1)
-    seen = []
-    layer = engine._cross_encoder[0].model.layers[0]
-    handle = layer.attn.Wqkv.register_forward_pre_hook(lambda *_: seen.append(torch.get_num_threads()))
-    try:
-        engine.score("protein", [make_text(30) for _ in range(4)])
-    finally:
-        handle.remove()
-    assert set(seen) == {1}
+    assert set(_threads_seen_by_the_encoder(engine, [make_text(30) for _ in range(4)])) == {1}
     assert torch.get_num_threads() == before
 
 

@@ -44,7 +44,7 @@ class EngineArgs:
         precision: ``"int8"`` to quantize the linear layers (OpenVINO + NNCF; not exact, rank agreement in the
             README), or ``None`` (``dtype`` decides).
         threads: CPU threads of a forward pass (``None``: the CPUs the process may use, by affinity and cgroup
-            quota, fewer while other processes keep some busy; a number is used as given).
+            quota, fewer while other processes keep some busy; a number fixes the count, at most those CPUs).
     """
 
     model: str | os.PathLike[str] = "17m"

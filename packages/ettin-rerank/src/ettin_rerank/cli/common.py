@@ -9,11 +9,10 @@ from ettin_rerank.options import ACTIVATIONS, STRATEGIES, RerankOptions
 
 
 def add_engine_args(parser: argparse.ArgumentParser, *, model: str | None = "17m", repeatable_model: bool = False,
-                    batch_aliases: bool = False, runtime_flags: bool = True) -> None:
+                    batch_aliases: bool = False) -> None:
     """``--model`` and how to load and run it (the fields of :class:`~ettin_rerank.args.EngineArgs`).
 
     ``batch_aliases`` adds the names ``serve`` took before (``--max-batch-tokens``, ``--max-batch-pairs``).
-    ``runtime_flags`` adds ``--runtime``, ``--precision`` and ``--threads`` (for commands that pass them on).
     """
     if repeatable_model:
         parser.add_argument("--model", action="append", default=None,
@@ -31,8 +30,6 @@ def add_engine_args(parser: argparse.ArgumentParser, *, model: str | None = "17m
                         help="token budget of one forward pass (default: 2,048 on CPU, 65,536 on CUDA)")
     parser.add_argument(*pairs, dest="batch_size", type=int, default=None,
                         help="windows per forward pass at most (default: only the token budget limits it)")
-    if not runtime_flags:
-        return
     parser.add_argument("--runtime", choices=RUNTIMES, default=None,
                         help="torch or openvino (CPU; default: the one measured fastest on this CPU kind)")
     parser.add_argument("--precision", choices=PRECISIONS, default=None,
@@ -59,8 +56,7 @@ def engine_args_from(args: argparse.Namespace, model: str | None = None) -> Engi
     ``--model``)."""
     return EngineArgs(model=model or args.model or "17m", revision=args.revision, device=args.device,
                       dtype=args.dtype, attention=args.attention, batch_tokens=args.batch_tokens,
-                      batch_size=args.batch_size, runtime=getattr(args, "runtime", None),
-                      precision=getattr(args, "precision", None), threads=getattr(args, "threads", None))
+                      batch_size=args.batch_size, runtime=args.runtime, precision=args.precision, threads=args.threads)
 
 
 def options_from(args: argparse.Namespace) -> RerankOptions:

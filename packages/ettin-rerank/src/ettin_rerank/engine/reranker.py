@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -42,10 +43,14 @@ __all__ = ["DEFAULT_BATCH_TOKENS", "CancelledError", "Reranker"]
 
 
 def _thread_governor(threads: int | None) -> ThreadGovernor:
-    """Fixed ``threads`` if given; else at most the usable CPUs (and ``OMP_NUM_THREADS``), following the load."""
-    if threads is not None:
-        return ThreadGovernor(threads, adaptive=False)
+    """Fixed ``threads`` if given (at most the usable CPUs); else at most the usable CPUs and ``OMP_NUM_THREADS``,
+    following the load."""
     limit = usable_cpus()
+    if threads is not None:
+        if threads > limit:
+            logger.warning("threads=%d, but this process may use %d CPU(s) (affinity mask, cgroup quota): running %d "
+                           "threads", threads, limit, limit)
+        return ThreadGovernor(min(threads, limit), adaptive=False)
     omp = os.environ.get("OMP_NUM_THREADS", "").strip()
     if omp.isdigit() and int(omp) > 0:
         limit = min(limit, int(omp))
@@ -80,7 +85,7 @@ class Reranker:
         precision: ``"int8"`` (OpenVINO + NNCF, an explicit opt-in: not exact) or ``None`` (``dtype`` decides).
         threads: CPU threads of a forward pass. ``None``: the CPUs this process may use (its affinity and cgroup
             quota, and ``OMP_NUM_THREADS`` if set), fewer while other processes keep some of them busy. A number
-            is used as given.
+            fixes the count, at most the CPUs the process may use (more is logged and capped).
         revision: Hub revision (branch, tag or commit) for hub ids.
         token: Hub token for private models.
         cache_folder: Hugging Face cache folder.
@@ -152,28 +157,33 @@ class Reranker:
                          local_files_only=args.local_files_only)
         self.model_path = resolve_model_path(args.model, hub)
         self.model_name = str(args.model)
-        self._cross_encoder = load_cross_encoder(
-            self.model_path, device=self.device, dtype=self.dtype, trust_remote_code=args.trust_remote_code
-        )
-        self.model_max_length = int(self._cross_encoder.max_seq_length or 512)
-        self.calibration = load_calibration(self.model_path)
-        self._pair_tokenizer = PairTokenizer(self._cross_encoder.tokenizer)
-        self.show_progress_bar = show_progress_bar
-        self._scorer: Scorer | None
         self.runtime = resolve_runtime(args.runtime, args.precision, self.device)
         self.precision = args.precision
         self.cpu_kind = cpu_kind() if self.device.type == "cpu" else None
-        if self.runtime == "openvino":
-            self._scorer, self.attention = self._openvino_scorer(args), "openvino"
-        else:
-            self._scorer, self.attention = select_scorer(self._cross_encoder, self.device, self.dtype,
-                                                         args.attention)
+        self._scorer: Scorer | None
+        with self._cpu_threads():  # loading runs parallel ops too: on the CPUs the engine may use
+            self._cross_encoder = load_cross_encoder(
+                self.model_path, device=self.device, dtype=self.dtype, trust_remote_code=args.trust_remote_code
+            )
+            self.model_max_length = int(self._cross_encoder.max_seq_length or 512)
+            self.calibration = load_calibration(self.model_path)
+            self._pair_tokenizer = PairTokenizer(self._cross_encoder.tokenizer)
+            if self.runtime == "openvino":
+                self._scorer, self.attention = self._openvino_scorer(args), "openvino"
+            else:
+                self._scorer, self.attention = select_scorer(self._cross_encoder, self.device, self.dtype,
+                                                             args.attention)
+        self.show_progress_bar = show_progress_bar
         self._defaults = self._resolve(defaults)
         logger.info(
             "Loaded %s on %s (%s, runtime=%s, attention=%s, max_length=%d)",
             self.model_path, self.device, str(self.dtype).removeprefix("torch."), self.runtime, self.attention,
             self._defaults.max_length,
         )
+
+    def _cpu_threads(self) -> contextlib.AbstractContextManager[None]:
+        """At most the governor's threads for torch in the calling thread, the caller's count restored after."""
+        return self._threads.capped() if self._threads is not None else contextlib.nullcontext()
 
     def _openvino_scorer(self, args: EngineArgs) -> Scorer:
         from ettin_rerank.engine.openvino_runtime import OpenVINOScorer, calibration_batches
@@ -430,8 +440,7 @@ class Reranker:
         show = self.show_progress_bar
         if show is None:
             show = logger.isEnabledFor(logging.INFO) and len(batches) > 1
-        caller_threads = torch.get_num_threads()
-        try:
+        with self._cpu_threads():  # the caller's thread count is theirs again after the call
             for batch in tqdm(batches, desc="Reranking", unit="batch", disable=not show):
                 if cancel is not None and cancel.is_set():
                     msg = "the caller went away; the remaining batches were not run"
@@ -439,7 +448,4 @@ class Reranker:
                 if self._threads is not None and self.runtime == "torch":
                     self._threads.apply()  # (the OpenVINO scorer asks the governor itself)
                 scores[batch] = scorer([windows[i] for i in batch]).cpu()
-        finally:
-            if torch.get_num_threads() != caller_threads:
-                torch.set_num_threads(caller_threads)  # the caller's thread count is theirs
         return scores.tolist()

@@ -12,8 +12,9 @@ Two causes made the engine collapse on shared cores (profiled in ``benchmarks/be
   reads how busy the process's CPUs are (``/proc/stat``) less what this process used itself, between batches, and
   runs the next batch on the CPUs that are free (at least one), so a busy neighbour costs its share, not a collapse.
 
-The thread count is set per calling thread (``torch.set_num_threads`` sets the caller's OpenMP team size), so an
-engine never changes the threads of other code in the process.
+The thread count is set per calling thread (``torch.set_num_threads`` sets the caller's OpenMP team size) while the
+engine loads and scores (:meth:`ThreadGovernor.capped`), then restored, so an engine never changes the threads of
+other code in the process.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ import math
 import os
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -186,3 +189,16 @@ class ThreadGovernor:
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
         return threads
+
+    @contextmanager
+    def capped(self) -> Iterator[None]:
+        """Run the block with at most :attr:`max_threads` torch threads in the calling thread (loading a checkpoint
+        runs parallel ops too), then give the caller back its own count (also after :meth:`apply` inside)."""
+        caller = torch.get_num_threads()
+        if caller > self.max_threads:
+            torch.set_num_threads(self.max_threads)
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != caller:
+                torch.set_num_threads(caller)
