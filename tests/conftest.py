@@ -10,6 +10,9 @@ import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Engines loaded with runtime=None run PyTorch in the tests (where OpenVINO is the measured default, it would convert
+# every checkpoint a test builds); tests/engine/test_openvino.py asks for OpenVINO by name.
+os.environ.setdefault("ETTIN_RERANK_RUNTIME", "torch")
 
 WORDS = (
     "protein cell gene disease study results patients clinical treatment effect model analysis data risk "

@@ -17,6 +17,7 @@ import time
 import httpx
 import pytest
 from ettin_rerank.cli import build_parser
+from ettin_rerank.cli.serve import server_config
 
 
 def _free_port() -> int:
@@ -70,13 +71,16 @@ class Served:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_checkpoint):
+def served(tiny_checkpoint, tmp_path_factory):
     """``ettin-rerank serve`` with no flag at all: a container's way, every setting from the environment."""
     port = _free_port()
     settings = {"ETTIN_MODEL": str(tiny_checkpoint), "ETTIN_DTYPE": "float32", "ETTIN_PORT": str(port),
                 "ETTIN_REQUEST_TIMEOUT": "0.8", "ETTIN_ACCESS_LOG": "1", "ETTIN_SERVED_MODEL_NAME": "from-env",
-                "ETTIN_MAX_DOCUMENTS": "77"}
-    process = subprocess.Popen(_command(), env={**os.environ, "HF_HUB_OFFLINE": "1", **settings},
+                "ETTIN_MAX_DOCUMENTS": "77", "ETTIN_RUNTIME": "torch", "ETTIN_THREADS": "1",
+                "ETTIN_RERANK_CACHE": str(tmp_path_factory.mktemp("serve-cache"))}
+    # not the test suite's process-wide ETTIN_RERANK_RUNTIME: the runtime comes from serve's own ETTIN_RUNTIME
+    environment = {k: v for k, v in os.environ.items() if k != "ETTIN_RERANK_RUNTIME"}
+    process = subprocess.Popen(_command(), env={**environment, "HF_HUB_OFFLINE": "1", **settings},
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     served = Served(process, f"http://127.0.0.1:{port}")
     try:
@@ -92,6 +96,26 @@ def test_the_environment_configures_it(served, tiny_checkpoint):
     info = httpx.get(f"{served.url}/info").json()
     assert info["model_id"] == "from-env" and info["model_path"] == str(tiny_checkpoint)
     assert info["model_dtype"] == "float32" and info["max_client_batch_size"] == 77
+    assert info["runtime"] == "torch" and info["models"][0]["runtime"] == "torch"
+
+
+def test_runtime_precision_and_threads_reach_every_model_served(monkeypatch):
+    """``--runtime``/``--precision``/``--threads`` (or ``ETTIN_RUNTIME``...) load each of several models so."""
+    args = build_parser().parse_args(["serve", "--model", "17m", "--model", "150m", "--runtime", "openvino",
+                                      "--precision", "int8", "--threads", "3"])
+    config = server_config(args)
+    assert len(config.models) == 2
+    for model in config.models:
+        assert (model.engine_args.runtime, model.engine_args.precision, model.engine_args.threads) == (
+            "openvino", "int8", 3)
+    for variable, value in (("ETTIN_RUNTIME", "torch"), ("ETTIN_THREADS", "2"), ("ETTIN_MODEL", "17m,32m")):
+        monkeypatch.setenv(variable, value)
+    config = server_config(build_parser().parse_args(["serve"]))
+    assert [(m.model, m.engine_args.runtime, m.engine_args.threads) for m in config.models] == [
+        ("17m", "torch", 2), ("32m", "torch", 2)]
+    monkeypatch.setenv("ETTIN_THREADS", "0")
+    with pytest.raises(ValueError, match="threads must be a positive integer or None, but got 0"):
+        server_config(build_parser().parse_args(["serve"]))
 
 
 def _sample(action) -> tuple[str, object]:
@@ -134,6 +158,7 @@ def test_every_flag_reads_an_environment_variable(monkeypatch):
 def test_it_says_what_it_loaded_where_it_listens_and_when_it_is_ready(served, tiny_checkpoint):
     model = served.wait_for(r"^model ")
     assert str(tiny_checkpoint) in model and "cpu" in model and "float32" in model and "attention sdpa" in model
+    assert "runtime torch" in model
     listening = served.wait_for(r"^listening on ")
     assert listening.startswith(f"listening on {served.url} ") and f"{served.url}/docs" in listening
     assert served.lines.index(model) < served.lines.index(listening) < served.lines.index("ready")

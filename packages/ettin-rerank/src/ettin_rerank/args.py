@@ -16,6 +16,11 @@ from typing import Any
 
 from ettin_rerank.options import ATTENTION_BACKENDS, DTYPE_NAMES
 
+RUNTIMES = ("torch", "openvino")
+"""What runs the forward pass: PyTorch (every device) or OpenVINO (CPU, ``pip install "ettin-rerank[openvino]"``)."""
+PRECISIONS = ("int8",)
+"""Precisions beyond ``dtype``, each an explicit opt-in: ``int8`` (OpenVINO + NNCF post-training quantization)."""
+
 
 @dataclass(frozen=True)
 class EngineArgs:
@@ -34,6 +39,12 @@ class EngineArgs:
         batch_tokens: Token budget of one forward pass (``None``: 2,048 on CPU, 65,536 on CUDA).
         batch_size: At most this many windows in one forward pass (``None``: only the token budget limits it).
         trust_remote_code: Allow custom modelling code from the checkpoint. Off by default.
+        runtime: ``"torch"`` or ``"openvino"`` (``None``: the one measured fastest on this CPU kind and installed;
+            see :func:`ettin_rerank.engine.device.kind_defaults`).
+        precision: ``"int8"`` to quantize the linear layers (OpenVINO + NNCF; not exact, rank agreement in the
+            README), or ``None`` (``dtype`` decides).
+        threads: CPU threads of a forward pass (``None``: the CPUs the process may use, by affinity and cgroup
+            quota, fewer while other processes keep some busy; a number fixes the count, at most those CPUs).
     """
 
     model: str | os.PathLike[str] = "17m"
@@ -47,6 +58,9 @@ class EngineArgs:
     batch_tokens: int | None = None
     batch_size: int | None = None
     trust_remote_code: bool = False
+    runtime: str | None = None
+    precision: str | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, (str, os.PathLike)) or not str(self.model).strip():
@@ -58,7 +72,16 @@ class EngineArgs:
         if self.attention is not None and self.attention not in ATTENTION_BACKENDS:
             msg = f"attention must be one of {', '.join(ATTENTION_BACKENDS)} or None, but got {self.attention!r}"
             raise ValueError(msg)
-        for name in ("batch_tokens", "batch_size"):
+        if self.runtime is not None and self.runtime not in RUNTIMES:
+            msg = f"runtime must be one of {', '.join(RUNTIMES)} or None, but got {self.runtime!r}"
+            raise ValueError(msg)
+        if self.precision is not None and self.precision not in PRECISIONS:
+            msg = f"precision must be one of {', '.join(PRECISIONS)} or None, but got {self.precision!r}"
+            raise ValueError(msg)
+        if self.precision == "int8" and self.runtime == "torch":
+            msg = "precision='int8' runs on runtime='openvino' (or None), but got runtime='torch'"
+            raise ValueError(msg)
+        for name in ("batch_tokens", "batch_size", "threads"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0):
                 msg = f"{name} must be a positive integer or None, but got {value!r}"

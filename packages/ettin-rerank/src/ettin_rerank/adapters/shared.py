@@ -72,7 +72,7 @@ def shared_engine(args: EngineArgs) -> Reranker:
         resolved_device = torch.device("cuda", torch.cuda.current_device())
     resolved_dtype = resolve_dtype(args.dtype, resolved_device)
     key = (str(path), str(resolved_device), str(resolved_dtype), args.attention, args.batch_tokens, args.batch_size,
-           args.trust_remote_code)
+           args.trust_remote_code, args.runtime, args.precision, args.threads)
     with _LOCK:
         loading = _LOADING.setdefault(key, threading.Lock())
     with loading:  # one load per key, other keys load in parallel

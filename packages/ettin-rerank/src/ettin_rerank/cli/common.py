@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ettin_rerank.args import EngineArgs
+from ettin_rerank.args import PRECISIONS, RUNTIMES, EngineArgs
 from ettin_rerank.options import ACTIVATIONS, STRATEGIES, RerankOptions
 
 
@@ -30,6 +30,12 @@ def add_engine_args(parser: argparse.ArgumentParser, *, model: str | None = "17m
                         help="token budget of one forward pass (default: 2,048 on CPU, 65,536 on CUDA)")
     parser.add_argument(*pairs, dest="batch_size", type=int, default=None,
                         help="windows per forward pass at most (default: only the token budget limits it)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=None,
+                        help="torch or openvino (CPU; default: the one measured fastest on this CPU kind)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="int8: quantized with NNCF on OpenVINO, an explicit opt-in (not exact)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads of a forward pass (default: the usable CPUs, fewer while others are busy)")
 
 
 def add_call_options(parser: argparse.ArgumentParser, *, activation: bool = True) -> None:
@@ -50,7 +56,7 @@ def engine_args_from(args: argparse.Namespace, model: str | None = None) -> Engi
     ``--model``)."""
     return EngineArgs(model=model or args.model or "17m", revision=args.revision, device=args.device,
                       dtype=args.dtype, attention=args.attention, batch_tokens=args.batch_tokens,
-                      batch_size=args.batch_size)
+                      batch_size=args.batch_size, runtime=args.runtime, precision=args.precision, threads=args.threads)
 
 
 def options_from(args: argparse.Namespace) -> RerankOptions:

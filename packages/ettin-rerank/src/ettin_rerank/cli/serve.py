@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from ettin_rerank.cli.common import add_engine_args
 from ettin_rerank.options import ADAPTER_MAX_TOKENS_PER_DOC
+
+if TYPE_CHECKING:
+    from ettin_rerank.serving import ServerConfig
 
 ENV_PREFIX = "ETTIN_"
 _TRUE = ("1", "true", "yes", "on")
@@ -137,22 +141,21 @@ def _typed(action: argparse.Action, variable: str) -> object:
     return convert
 
 
-def _cmd_serve(args: argparse.Namespace) -> int:
+def server_config(args: argparse.Namespace) -> ServerConfig:
+    """The :class:`~ettin_rerank.serving.ServerConfig` of parsed ``serve`` arguments (environment lists applied)."""
+    from ettin_rerank.serving import ServerConfig
+    from ettin_rerank.serving.config import API_KEY_ENV
+
     if args.environment_errors:
         raise ValueError(args.environment_errors[0])
     for dest, values in args.environment_lists.items():
         if getattr(args, dest) is None:
             setattr(args, dest, values)
-    if args.write_config and not args.ray:
-        msg = "--write-config writes a Ray Serve config: add --ray"
-        raise ValueError(msg)
-    from ettin_rerank.serving import ServerConfig, serve
-    from ettin_rerank.serving.config import API_KEY_ENV
-
-    config = ServerConfig(
+    return ServerConfig(
         model=tuple(args.model or ["17m"]), revision=args.revision,
         served_model_name=tuple(args.served_model_name) if args.served_model_name else None, device=args.device,
-        dtype=args.dtype, attention=args.attention, max_batch_tokens=args.batch_tokens,
+        dtype=args.dtype, attention=args.attention, runtime=args.runtime, precision=args.precision,
+        threads=args.threads, max_batch_tokens=args.batch_tokens,
         max_batch_pairs=args.batch_size, max_queued_tokens=args.max_queued_tokens, max_documents=args.max_documents,
         max_body_bytes=args.max_body_bytes, request_timeout_s=args.request_timeout, merge_requests=not args.no_merge,
         max_tokens_per_doc=args.max_tokens_per_doc, api_key=args.api_key or os.environ.get(API_KEY_ENV) or None,
@@ -161,6 +164,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         allowed_hosts=tuple(h for h in args.allowed_hosts.split(",") if h.strip()) if args.allowed_hosts else None,
         access_log=args.access_log,
     )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    config = server_config(args)
+    if args.write_config and not args.ray:
+        msg = "--write-config writes a Ray Serve config: add --ray"
+        raise ValueError(msg)
+    from ettin_rerank.serving import serve
+
     logging.getLogger("ettin_rerank.serving").setLevel(logging.INFO)  # where it listens, the model, "ready"
     if not args.ray:
         serve(config, host=args.host, port=args.port, log_level="info" if args.verbose else "warning")

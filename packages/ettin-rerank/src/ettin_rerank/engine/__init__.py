@@ -4,8 +4,9 @@ Rule: the modules of this package may import PyTorch; nothing outside the engine
 evaluation code imports them at module level (the adapters reach the engine through ``ettin_rerank.adapters``,
 which never imports torch). One stage a module: ``loading`` (find and load a checkpoint), ``tokenization`` (pairs
 -> token ids), ``windows`` (pairs -> windows -> results), ``budget`` (token-budget batches), ``packing``,
-``attention`` and ``scorers`` (the forward pass), ``activation`` (logit -> score), ``device`` (device and dtype),
-``reranker`` (the :class:`Reranker` that runs them).
+``attention`` and ``scorers`` (the forward pass), ``export`` and ``openvino_runtime`` (the forward pass on OpenVINO),
+``threads`` (how many CPU threads a pass may use), ``activation`` (logit -> score), ``device`` (device, dtype and
+the runtime per CPU kind), ``reranker`` (the :class:`Reranker` that runs them).
 
 ``Reranker`` is imported on first use, so ``ettin_rerank.engine.budget`` and friends load without PyTorch's
 import cost where they do not need it.

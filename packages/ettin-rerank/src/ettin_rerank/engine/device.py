@@ -1,14 +1,27 @@
-"""Device and dtype defaults.
+"""Device, dtype and runtime defaults.
 
 Device: CUDA, then Apple MPS, then CPU. Dtype: bfloat16 on CUDA and on CPUs that compute it natively (AVX-512 BF16
 or AMX); float32 elsewhere: on a CPU without native bfloat16 (AVX2 only) it is emulated and ~3x slower than float32.
+Runtime on CPU: per CPU kind (:func:`cpu_kind`), the one measured fastest there (:data:`KIND_DEFAULTS`, each entry
+naming the file in ``benchmarks/results/`` it comes from), when it is installed; never a guess: a kind without a
+measurement runs PyTorch.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from dataclasses import dataclass
+
 import torch
 
+from ettin_rerank.args import RUNTIMES
 from ettin_rerank.options import DTYPES
+
+logger = logging.getLogger(__name__)
+
+RUNTIME_ENV = "ETTIN_RERANK_RUNTIME"
+"""Sets the runtime of engines loaded with ``runtime=None`` (a deployment's choice, or a test suite's)."""
 
 _DTYPES = {name: getattr(torch, canonical) for name, canonical in DTYPES.items()}
 
@@ -79,3 +92,58 @@ def cpu_capability() -> dict[str, object]:
         "amx": "amx_tile" in flags,
         "native_bf16": cpu_has_native_bf16(),
     }
+
+
+@dataclass(frozen=True)
+class KindDefault:
+    """What the engine runs by default on one CPU kind, and the measurement that says so."""
+
+    runtime: str
+    source: str
+
+
+KIND_DEFAULTS: dict[str, KindDefault] = {
+    "amx": KindDefault("openvino", "benchmarks/results/cpu-amx-independent-run-issue-25.md: OpenVINO bf16 2.80x ST "
+                                   "fp32 vs this engine's bf16 2.50x (2 threads, quiet; an independent run, not ours)"),
+    "avx512_bf16": KindDefault("torch", "no OpenVINO measurement on this kind yet: PyTorch, as measured in "
+                                        "benchmarks/results/cpu-x86-64-full-2026-11-24.txt"),
+    "avx2": KindDefault("openvino", "benchmarks/results/cpu-x86-64-avx2-latency-peers.json: OpenVINO f32 ran "
+                                    "1.1x this engine's torch fp32 (17m and 150m, 1 and 2 threads), same scores"),
+}
+"""The default runtime per CPU kind (dtype: bfloat16 where native, else float32, as :func:`resolve_dtype`)."""
+
+
+def cpu_kind() -> str:
+    """``"amx"`` (AMX tiles), ``"avx512_bf16"`` (AVX-512 with native bf16), ``"avx2"`` or ``"other"``."""
+    if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
+        return "amx"
+    if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
+        return "avx512_bf16"
+    if torch.backends.cpu.get_cpu_capability().startswith(("AVX2", "AVX512")):
+        return "avx2"
+    return "other"
+
+
+def resolve_runtime(runtime: str | None, precision: str | None, device: torch.device) -> str:
+    """``runtime`` if given (OpenVINO only on CPU), else ``$ETTIN_RERANK_RUNTIME`` if set, else the measured default
+    for this CPU kind if installed."""
+    from ettin_rerank.engine.openvino_runtime import INSTALL_HINT, openvino_available
+
+    if runtime is None and device.type == "cpu" and os.environ.get(RUNTIME_ENV, "").strip():
+        runtime = os.environ[RUNTIME_ENV].strip()
+        if runtime not in RUNTIMES:
+            msg = f"{RUNTIME_ENV} must be one of {', '.join(RUNTIMES)}, but got {runtime!r}"
+            raise ValueError(msg)
+    if runtime == "openvino" or precision == "int8":
+        if device.type != "cpu":
+            msg = f"runtime='openvino' (and precision='int8') run on CPU, but device is {device.type!r}"
+            raise ValueError(msg)
+        return "openvino"
+    if runtime is not None or device.type != "cpu":
+        return runtime or "torch"
+    default = KIND_DEFAULTS.get(cpu_kind(), KindDefault("torch", "no measurement for this CPU kind"))
+    if default.runtime == "openvino" and not openvino_available():
+        logger.info("OpenVINO is the measured default on this CPU but is not installed (%s): running PyTorch",
+                    INSTALL_HINT)
+        return "torch"
+    return default.runtime

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import os
@@ -17,9 +18,10 @@ from tqdm.auto import tqdm
 from ettin_rerank.args import EngineArgs
 from ettin_rerank.engine.activation import NOT_CALIBRATED, load_calibration
 from ettin_rerank.engine.budget import token_budget_batches
-from ettin_rerank.engine.device import resolve_device, resolve_dtype
+from ettin_rerank.engine.device import cpu_kind, resolve_device, resolve_dtype, resolve_runtime
 from ettin_rerank.engine.loading import HubOptions, load_cross_encoder, resolve_model_path
 from ettin_rerank.engine.scorers import Scorer, select_scorer
+from ettin_rerank.engine.threads import ThreadGovernor, usable_cpus
 from ettin_rerank.engine.tokenization import PairTokenizer, Window
 from ettin_rerank.engine.windows import PreparedPairs, prepare_pairs
 from ettin_rerank.errors import CancelledError
@@ -38,6 +40,21 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_TOKENS = {"cpu": 2048, "cuda": 65536}
 
 __all__ = ["DEFAULT_BATCH_TOKENS", "CancelledError", "Reranker"]
+
+
+def _thread_governor(threads: int | None) -> ThreadGovernor:
+    """Fixed ``threads`` if given (at most the usable CPUs); else at most the usable CPUs and ``OMP_NUM_THREADS``,
+    following the load."""
+    limit = usable_cpus()
+    if threads is not None:
+        if threads > limit:
+            logger.warning("threads=%d, but this process may use %d CPU(s) (affinity mask, cgroup quota): running %d "
+                           "threads", threads, limit, limit)
+        return ThreadGovernor(min(threads, limit), adaptive=False)
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        limit = min(limit, int(omp))
+    return ThreadGovernor(limit)
 
 
 class Reranker:
@@ -63,6 +80,12 @@ class Reranker:
         batch_tokens: Token budget of one forward pass. Defaults to 2,048 on CPU and 65,536 on CUDA.
         batch_size: At most this many windows in one forward pass (``None``: only the token budget limits it).
         attention: ``"sdpa"``, ``"flash_attn"`` or ``"varlen"``; ``None`` picks the fastest available.
+        runtime: ``"torch"`` or ``"openvino"`` (CPU; ``pip install "ettin-rerank[openvino]"``). ``None``: the
+            runtime measured fastest on this CPU kind, if installed (``benchmarks/results/``, README "Performance").
+        precision: ``"int8"`` (OpenVINO + NNCF, an explicit opt-in: not exact) or ``None`` (``dtype`` decides).
+        threads: CPU threads of a forward pass. ``None``: the CPUs this process may use (its affinity and cgroup
+            quota, and ``OMP_NUM_THREADS`` if set), fewer while other processes keep some of them busy. A number
+            fixes the count, at most the CPUs the process may use (more is logged and capped).
         revision: Hub revision (branch, tag or commit) for hub ids.
         token: Hub token for private models.
         cache_folder: Hugging Face cache folder.
@@ -94,6 +117,9 @@ class Reranker:
         batch_tokens: int | None = None,
         batch_size: int | None = None,
         attention: str | None = None,
+        runtime: str | None = None,
+        precision: str | None = None,
+        threads: int | None = None,
         revision: str | None = None,
         token: bool | str | None = None,
         cache_folder: str | None = None,
@@ -103,7 +129,8 @@ class Reranker:
     ) -> None:
         args = EngineArgs(model=model, device=device, dtype=dtype, revision=revision, token=token,
                           cache_folder=cache_folder, local_files_only=local_files_only, attention=attention,
-                          batch_tokens=batch_tokens, batch_size=batch_size, trust_remote_code=trust_remote_code)
+                          batch_tokens=batch_tokens, batch_size=batch_size, trust_remote_code=trust_remote_code,
+                          runtime=runtime, precision=precision, threads=threads)
         defaults = RerankOptions().merged({
             "max_length": max_length, "long_document_strategy": long_document_strategy,
             "window_overlap": window_overlap, "activation": activation, "max_tokens_per_doc": max_tokens_per_doc,
@@ -125,30 +152,57 @@ class Reranker:
         self.dtype = resolve_dtype(args.dtype, self.device)
         self.batch_tokens = args.batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 8192)
         self.batch_size = args.batch_size
+        self._threads = _thread_governor(args.threads) if self.device.type == "cpu" else None
         hub = HubOptions(revision=args.revision, token=args.token, cache_folder=args.cache_folder,
                          local_files_only=args.local_files_only)
         self.model_path = resolve_model_path(args.model, hub)
         self.model_name = str(args.model)
-        self._cross_encoder = load_cross_encoder(
-            self.model_path, device=self.device, dtype=self.dtype, trust_remote_code=args.trust_remote_code
-        )
-        self.model_max_length = int(self._cross_encoder.max_seq_length or 512)
-        self.calibration = load_calibration(self.model_path)
-        self._pair_tokenizer = PairTokenizer(self._cross_encoder.tokenizer)
-        self.show_progress_bar = show_progress_bar
+        self.runtime = resolve_runtime(args.runtime, args.precision, self.device)
+        self.precision = args.precision
+        self.cpu_kind = cpu_kind() if self.device.type == "cpu" else None
         self._scorer: Scorer | None
-        self._scorer, self.attention = select_scorer(self._cross_encoder, self.device, self.dtype, args.attention)
+        with self._cpu_threads():  # loading runs parallel ops too: on the CPUs the engine may use
+            self._cross_encoder = load_cross_encoder(
+                self.model_path, device=self.device, dtype=self.dtype, trust_remote_code=args.trust_remote_code
+            )
+            self.model_max_length = int(self._cross_encoder.max_seq_length or 512)
+            self.calibration = load_calibration(self.model_path)
+            self._pair_tokenizer = PairTokenizer(self._cross_encoder.tokenizer)
+            if self.runtime == "openvino":
+                self._scorer, self.attention = self._openvino_scorer(args), "openvino"
+            else:
+                self._scorer, self.attention = select_scorer(self._cross_encoder, self.device, self.dtype,
+                                                             args.attention)
+        self.show_progress_bar = show_progress_bar
         self._defaults = self._resolve(defaults)
         logger.info(
-            "Loaded %s on %s (%s, attention=%s, max_length=%d)",
-            self.model_path, self.device, str(self.dtype).removeprefix("torch."), self.attention,
+            "Loaded %s on %s (%s, runtime=%s, attention=%s, max_length=%d)",
+            self.model_path, self.device, str(self.dtype).removeprefix("torch."), self.runtime, self.attention,
             self._defaults.max_length,
         )
 
+    def _cpu_threads(self) -> contextlib.AbstractContextManager[None]:
+        """At most the governor's threads for torch in the calling thread, the caller's count restored after."""
+        return self._threads.capped() if self._threads is not None else contextlib.nullcontext()
+
+    def _openvino_scorer(self, args: EngineArgs) -> Scorer:
+        from ettin_rerank.engine.openvino_runtime import OpenVINOScorer, calibration_batches
+
+        if args.attention not in (None, "sdpa"):
+            msg = f"attention={args.attention!r} is a torch backend; runtime='openvino' has its own attention"
+            raise ValueError(msg)
+        calibration = None
+        if args.precision == "int8":
+            calibration = functools.partial(calibration_batches, self._pair_tokenizer, self.model_max_length)
+        return OpenVINOScorer(self._cross_encoder, self.model_path, dtype=self.dtype, threads=self._threads,
+                              pad_id=self._cross_encoder.tokenizer.pad_token_id or 0, calibration=calibration)
+
     def __repr__(self) -> str:
+        precision = f", precision={self.precision!r}" if self.precision else ""
         return (
             f"Reranker(model={self.model_name!r}, device={str(self.device)!r}, "
-            f"dtype={str(self.dtype).removeprefix('torch.')!r}, attention={self.attention!r})"
+            f"dtype={str(self.dtype).removeprefix('torch.')!r}, runtime={self.runtime!r}{precision}, "
+            f"attention={self.attention!r})"
         )
 
     # ------------------------------------------------------------------ lifetime
@@ -386,9 +440,12 @@ class Reranker:
         show = self.show_progress_bar
         if show is None:
             show = logger.isEnabledFor(logging.INFO) and len(batches) > 1
-        for batch in tqdm(batches, desc="Reranking", unit="batch", disable=not show):
-            if cancel is not None and cancel.is_set():
-                msg = "the caller went away; the remaining batches were not run"
-                raise CancelledError(msg)
-            scores[batch] = scorer([windows[i] for i in batch]).cpu()
+        with self._cpu_threads():  # the caller's thread count is theirs again after the call
+            for batch in tqdm(batches, desc="Reranking", unit="batch", disable=not show):
+                if cancel is not None and cancel.is_set():
+                    msg = "the caller went away; the remaining batches were not run"
+                    raise CancelledError(msg)
+                if self._threads is not None and self.runtime == "torch":
+                    self._threads.apply()  # (the OpenVINO scorer asks the governor itself)
+                scores[batch] = scorer([windows[i] for i in batch]).cpu()
         return scores.tolist()

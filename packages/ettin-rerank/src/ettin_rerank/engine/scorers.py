@@ -5,12 +5,17 @@
   Transformers modules: ModernBERT -> Pooling(cls|mean) -> head modules) and ``ModernBertForSequenceClassification``
   checkpoints such as gte-reranker-modernbert-base and granite-embedding-reranker-english-r2 (pooling per
   ``classifier_pooling`` -> dense -> activation -> norm -> classifier), which transformers itself runs padded.
+- The pooled vector and the head run in float32 whatever the encoder's dtype (the scorer's own float32 copy of the
+  head): a bf16 head rounds logits to steps of 0.0625-0.125 in the released models' range (-12..22), so top
+  documents would tie. The cost is negligible (one hidden x hidden matrix per window).
 - :class:`PaddedScorer`: any other Sentence Transformers cross-encoder (classic BERT/MiniLM/bge
   sequence-classification models): length-sorted padded batches through the model's own forward.
 """
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -65,20 +70,22 @@ class PaddedScorer:
         return self._model(features)["scores"].float().reshape(len(windows), -1)[:, 0]
 
 
+def encoder_pooling_head(cross_encoder) -> tuple[torch.nn.Module, str, Callable[[torch.Tensor], torch.Tensor]]:
+    """The ``ModernBertModel``, its pooling (``"cls"`` or ``"mean"``) and the head as a float32 function of the
+    pooled vectors, for a checkpoint :meth:`PackedModernBertScorer.supports`."""
+    inner = cross_encoder[0].model
+    if _is_sequence_classifier(inner):
+        head, classifier = _float32_copy(inner.head), _float32_copy(inner.classifier)
+        return inner.model, inner.config.classifier_pooling, lambda pooled: classifier(head(pooled))[:, 0]
+    modules = [_float32_copy(cross_encoder[i]) for i in range(2, len(cross_encoder))]
+    return inner, cross_encoder[1].pooling_mode, lambda pooled: _run_modules(modules, pooled)
+
+
 class PackedModernBertScorer:
     """ModernBERT forward on packed tokens, then the checkpoint's own pooling and head (see :meth:`supports`)."""
 
     def __init__(self, cross_encoder, device: torch.device, attention: AttentionFn) -> None:
-        inner = cross_encoder[0].model
-        if _is_sequence_classifier(inner):
-            self._model = inner.model
-            self._pooling = inner.config.classifier_pooling
-            self._head = lambda pooled: inner.classifier(inner.head(pooled))[:, 0]
-        else:
-            modules = [cross_encoder[i] for i in range(2, len(cross_encoder))]
-            self._model = inner
-            self._pooling = cross_encoder[1].pooling_mode
-            self._head = lambda pooled: _run_modules(modules, pooled)
+        self._model, self._pooling, self._head = encoder_pooling_head(cross_encoder)
         self._device = device
         self._attention = attention
         config = self._model.config
@@ -108,11 +115,12 @@ class PackedModernBertScorer:
         batch = pack([w.input_ids for w in windows], self._device)
         hidden = self.encode(batch)
         if self._pooling == "cls":
-            pooled = hidden[batch.first_token]
+            pooled = hidden[batch.first_token].float()
         else:
-            sums = hidden.new_zeros(batch.num_sequences, hidden.shape[1]).index_add_(0, batch.sequence_ids, hidden)
+            sums = hidden.new_zeros(batch.num_sequences, hidden.shape[1], dtype=torch.float32)
+            sums.index_add_(0, batch.sequence_ids, hidden.float())
             pooled = sums / batch.lengths.to(sums.device, sums.dtype)[:, None]
-        return self._head(pooled).float().reshape(len(windows))
+        return self._head(pooled).reshape(len(windows))
 
     def encode(self, batch: PackedBatch) -> torch.Tensor:
         """Last hidden states ``(T, hidden)`` of the packed tokens: the same function as ``ModernBertModel``."""
@@ -148,6 +156,13 @@ def _is_sequence_classifier(model) -> bool:
     from transformers import ModernBertForSequenceClassification
 
     return isinstance(model, ModernBertForSequenceClassification)
+
+
+def _float32_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """The head module in float32 (a copy: the loaded model keeps its dtype for anyone else who runs it)."""
+    if all(p.dtype == torch.float32 for p in module.parameters()):
+        return module
+    return copy.deepcopy(module).float()
 
 
 def _run_modules(modules: list, pooled: torch.Tensor) -> torch.Tensor:

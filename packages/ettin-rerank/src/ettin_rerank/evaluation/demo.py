@@ -122,8 +122,10 @@ def _run_demo(engine: EngineArgs | None, options: RerankOptions | None, *, fallb
     what = "untrained 17m-shaped checkpoint" if fallback and untrained else str(engine.model)
     where = "" if Path(what).expanduser().resolve() == Path(reranker.model_path).resolve() else \
         f" ({reranker.model_path})"
-    print(f"Reranker: {what}{where} on {reranker.device}, {str(reranker.dtype).removeprefix('torch.')}, "
-          f"{reranker.attention} attention; loaded in {load_reranker:.1f} s (embedder {load_embedder:.1f} s)")
+    how = "OpenVINO (converted once, then read from its cache)" if reranker.runtime == "openvino" else \
+        f"PyTorch, {reranker.attention} attention"
+    print(f"Reranker: {what}{where} on {reranker.device}, {str(reranker.dtype).removeprefix('torch.')}, {how}; "
+          f"loaded in {load_reranker:.1f} s (embedder {load_embedder:.1f} s)")
     if untrained:
         print(f"NOTE: {UNTRAINED_NOTE}.")
     print("Columns: new = rank after reranking, was = rank from embedding search (arrow: moved up/down), "

@@ -23,8 +23,9 @@ class ServerConfig:
             the first).
         served_model_name: What responses call the model (a tuple: one name per model; ``None``: the short name,
             the folder's or hub id's last part).
-        device, dtype, attention, revision, token, cache_folder, local_files_only, trust_remote_code: As in
-            :class:`~ettin_rerank.args.EngineArgs` (``None``: automatic); :attr:`engine_args` gathers them.
+        device, dtype, attention, runtime, precision, threads, revision, token, cache_folder, local_files_only,
+            trust_remote_code: As in :class:`~ettin_rerank.args.EngineArgs` (``None``: automatic);
+            :attr:`engine_args` gathers them.
         max_batch_tokens: Token budget of one forward pass (``None``: the engine's default for the device).
         max_batch_pairs: At most this many windows in one forward pass (``None``: only the token budget).
         max_queued_tokens: Tokens waiting for the model, all requests together; past it a request gets 429 with
@@ -61,6 +62,9 @@ class ServerConfig:
     device: str | None = None
     dtype: str | None = None
     attention: str | None = None
+    runtime: str | None = None
+    precision: str | None = None
+    threads: int | None = None
     max_batch_tokens: int | None = None
     max_batch_pairs: int | None = None
     max_queued_tokens: int | None = None
@@ -151,7 +155,8 @@ class ServerConfig:
             model=self.model, device=self.device, dtype=self.dtype, revision=self.revision, token=self.token,
             cache_folder=self.cache_folder, local_files_only=self.local_files_only, attention=self.attention,
             batch_tokens=self.max_batch_tokens, batch_size=self.max_batch_pairs,
-            trust_remote_code=self.trust_remote_code,
+            trust_remote_code=self.trust_remote_code, runtime=self.runtime, precision=self.precision,
+            threads=self.threads,
         )
 
     @property

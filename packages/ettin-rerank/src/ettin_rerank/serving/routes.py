@@ -283,7 +283,8 @@ def _model_info(service: RerankService) -> ModelInfo:
     engine, batcher, config = service.engine, service.batcher, service.config
     return ModelInfo(
         id=config.name, model_path=str(engine.model_path), model_dtype=str(engine.dtype).removeprefix("torch."),
-        model_device=str(engine.device), attention=engine.attention, max_input_length=engine.model_max_length,
+        model_device=str(engine.device), runtime=engine.runtime, attention=engine.attention,
+        max_input_length=engine.model_max_length,
         max_batch_tokens=batcher.max_batch_tokens, max_batch_pairs=batcher.max_batch_pairs,
         max_queued_tokens=batcher.max_queued_tokens, max_tokens_per_doc=config.max_tokens_per_doc,
         long_document_strategy=engine.defaults.long_document_strategy, calibrated=engine.calibration is not None,

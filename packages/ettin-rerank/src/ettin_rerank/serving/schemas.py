@@ -430,6 +430,7 @@ class ModelInfo(BaseModel):
     model_path: str
     model_dtype: str
     model_device: str
+    runtime: str = Field(description="What runs the forward pass: torch or openvino")
     attention: str
     max_input_length: int
     max_batch_tokens: int
@@ -450,6 +451,7 @@ class InfoResponse(BaseModel):
     model_type: str = "reranker"
     model_dtype: str
     model_device: str
+    runtime: str
     attention: str
     max_input_length: int
     max_batch_tokens: int

@@ -89,8 +89,9 @@ def serve(config: ServerConfig, host: str = DEFAULT_HOST, port: int = DEFAULT_PO
         logger.info("loading %s ...", service.config.model)
         service.load()
         engine = service.engine
-        logger.info("model %r: %s (%s, %s, attention %s, max input %d tokens)", name, engine.model_path,
-                    engine.device, str(engine.dtype).removeprefix("torch."), engine.attention, engine.model_max_length)
+        logger.info("model %r: %s (%s, %s, runtime %s, attention %s, max input %d tokens)", name, engine.model_path,
+                    engine.device, str(engine.dtype).removeprefix("torch."), engine.runtime, engine.attention,
+                    engine.model_max_length)
     _AnnouncingServer(uvicorn_config(app, config, host, port, log_level=log_level)).run()
 
 

@@ -1,0 +1,204 @@
+"""How many threads a CPU forward pass may use: the CPUs this process may run on, and how many of them are free.
+
+Two causes made the engine collapse on shared cores (profiled in ``benchmarks/bench.py --suites contention``):
+
+- **Oversubscription**: PyTorch starts one thread per CPU it sees. A container limited by a cgroup quota (2 CPUs
+  on a 64-core host) sees all 64, and each of its 64 threads then waits for the quota's time slices.
+  :func:`usable_cpus` takes the smallest of the affinity mask and the quota (cgroup v2 ``cpu.max``, v1
+  ``cpu.cfs_quota_us``).
+- **Fork-join barriers on busy cores**: every op of a forward pass is a parallel region that ends when its slowest
+  thread does. When a neighbour takes one of two cores, half of each op waits for a time slice: the engine's many
+  small ops per layer (packed tokens, 2,048-token batches) lose far more than their work. :class:`ThreadGovernor`
+  reads how busy the process's CPUs are (``/proc/stat``) less what this process used itself, between batches, and
+  runs the next batch on the CPUs that are free (at least one), so a busy neighbour costs its share, not a collapse.
+
+The thread count is set per calling thread (``torch.set_num_threads`` sets the caller's OpenMP team size) while the
+engine loads and scores (:meth:`ThreadGovernor.capped`), then restored, so an engine never changes the threads of
+other code in the process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_STAT = Path("/proc/stat")
+PROC_CGROUP = Path("/proc/self/cgroup")
+MIN_INTERVAL_S = 0.02
+"""Readings closer together than this say nothing reliable; the previous choice stands."""
+MARGIN = 0.25
+"""A CPU counts as free when at least this much of it is not used by others (so a neighbour at 80% takes it)."""
+
+
+def affinity_cpus() -> set[int]:
+    """The CPUs this process may run on (all of them where the OS does not say)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
+def cgroup_cpu_limit(root: Path | None = None, proc_cgroup: Path | None = None) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (``cpu.max`` "200000 100000" -> 2.0), or ``None`` if none.
+
+    Reads cgroup v2 (``cpu.max``) and v1 (``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``), at the process's own
+    cgroup and every parent up to ``root`` (the tightest limit wins, as the kernel enforces).
+    """
+    limits = []
+    for folder in _cgroup_folders(root or CGROUP_ROOT, proc_cgroup or PROC_CGROUP):
+        limit = _read_limit(folder)
+        if limit is not None:
+            limits.append(limit)
+    return min(limits) if limits else None
+
+
+def _cgroup_folders(root: Path, proc_cgroup: Path) -> list[Path]:
+    relative: list[str] = []
+    try:
+        for line in proc_cgroup.read_text().splitlines():
+            parts = line.split(":", 2)
+            if len(parts) == 3 and (parts[1] == "" or "cpu" in parts[1].split(",")):
+                relative.append(parts[2].lstrip("/"))
+    except OSError:
+        pass
+    bases = [root, root / "cpu", root / "cpu,cpuacct"]
+    folders = []
+    for base in bases:
+        for rel in relative or [""]:
+            path = base / rel if rel else base
+            while True:
+                folders.append(path)
+                if path == base:
+                    break
+                path = path.parent
+    return [f for f in dict.fromkeys(folders) if f.is_dir()]
+
+
+def _read_limit(folder: Path) -> float | None:
+    try:
+        if (folder / "cpu.max").is_file():
+            quota, _, period = (folder / "cpu.max").read_text().strip().partition(" ")
+            if quota == "max":
+                return None
+            return int(quota) / int(period or 100000)
+        if (folder / "cpu.cfs_quota_us").is_file():
+            quota = int((folder / "cpu.cfs_quota_us").read_text())
+            period = int((folder / "cpu.cfs_period_us").read_text())
+            return quota / period if quota > 0 and period > 0 else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def usable_cpus(root: Path | None = None) -> int:
+    """CPUs this process can keep busy: the affinity mask, capped by the cgroup quota (rounded up, at least 1)."""
+    count = len(affinity_cpus())
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        count = min(count, max(1, math.ceil(limit - 0.01)))
+    return max(1, count)
+
+
+@dataclass
+class _Reading:
+    wall: float
+    busy: float  # CPU-seconds the process's CPUs were busy (everyone)
+    own: float  # CPU-seconds this process used
+
+
+class ThreadGovernor:
+    """Picks the thread count of each CPU forward pass: ``max_threads`` when the CPUs are free, fewer when
+    other processes keep some of them busy (``adaptive``), never more than :func:`usable_cpus`.
+
+    Args:
+        max_threads: The most threads a pass may use (``None``: :func:`usable_cpus`).
+        adaptive: Follow the other processes' load between batches; ``False`` always uses ``max_threads``.
+        stat_path: Where the kernel's CPU counters are (``/proc/stat``; tests write their own).
+    """
+
+    def __init__(self, max_threads: int | None = None, *, adaptive: bool = True,
+                 stat_path: Path | None = None) -> None:
+        stat_path = stat_path or PROC_STAT
+        self.max_threads = max(1, max_threads or usable_cpus())
+        self.cpus = sorted(affinity_cpus())
+        self.adaptive = adaptive and self.max_threads > 1 and stat_path.is_file()
+        self._stat_path = stat_path
+        self._lock = threading.Lock()
+        self._last: _Reading | None = None
+        self.threads = self.max_threads
+        self.others_busy = 0.0
+        """CPUs the other processes kept busy over the last interval (what the last choice was based on)."""
+        if self.adaptive:
+            self._last = self._read()
+
+    def __repr__(self) -> str:
+        return f"ThreadGovernor(max_threads={self.max_threads}, adaptive={self.adaptive}, threads={self.threads})"
+
+    def _read(self) -> _Reading | None:
+        try:
+            lines = self._stat_path.read_text().splitlines()
+        except OSError:
+            return None
+        wanted = {f"cpu{i}" for i in self.cpus}
+        ticks = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        busy = 0
+        for line in lines:
+            name, *values = line.split()
+            if name in wanted and len(values) >= 4:
+                numbers = [int(v) for v in values[:8]]
+                idle = numbers[3] + (numbers[4] if len(numbers) > 4 else 0)  # idle + iowait
+                busy += sum(numbers) - idle
+        times = os.times()
+        return _Reading(wall=time.monotonic(), busy=busy / ticks, own=times.user + times.system)
+
+    def choose(self) -> int:
+        """The thread count for the next pass (reads the CPU counters since the last call)."""
+        if not self.adaptive:
+            return self.max_threads
+        with self._lock:
+            now = self._read()
+            last = self._last
+            if now is None or last is None or now.wall - last.wall < MIN_INTERVAL_S:
+                return self.threads
+            self._last = now
+            interval = now.wall - last.wall
+            others = max(0.0, (now.busy - last.busy) - (now.own - last.own)) / interval
+            self.others_busy = others
+            free = len(self.cpus) - others
+            threads = max(1, min(self.max_threads, math.floor(free + MARGIN)))
+            if threads != self.threads:
+                logger.debug("threads %d -> %d (other processes keep %.2f CPUs busy)", self.threads, threads, others)
+            self.threads = threads
+            return threads
+
+    def apply(self) -> int:
+        """:meth:`choose`, then set it for the calling thread's next forward pass; returns it."""
+        threads = self.choose()
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return threads
+
+    @contextmanager
+    def capped(self) -> Iterator[None]:
+        """Run the block with at most :attr:`max_threads` torch threads in the calling thread (loading a checkpoint
+        runs parallel ops too), then give the caller back its own count (also after :meth:`apply` inside)."""
+        caller = torch.get_num_threads()
+        if caller > self.max_threads:
+            torch.set_num_threads(self.max_threads)
+        try:
+            yield
+        finally:
+            if torch.get_num_threads() != caller:
+                torch.set_num_threads(caller)

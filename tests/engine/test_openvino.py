@@ -1,0 +1,211 @@
+"""OpenVINO as the CPU runtime (issue 25, items 3-4): converted once and cached on disk (a corrupt entry converted
+again), the engine's windows, strategies, results and errors unchanged, int8 only when asked, and the default per
+CPU kind from measurements (PyTorch, quietly, where OpenVINO is not installed)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import numpy as np
+import pytest
+from ettin_rerank import Reranker
+from ettin_rerank.engine import device as engine_device
+from ettin_rerank.engine import openvino_runtime
+from ettin_rerank.errors import ModelLoadError
+from scipy.stats import spearmanr
+
+needs_openvino = pytest.mark.skipif(not openvino_runtime.openvino_available(), reason="needs ettin-rerank[openvino]")
+
+QUERY = "protein study"
+
+
+@pytest.fixture(scope="module")
+def ov_cache(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("openvino-cache")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("ETTIN_RERANK_CACHE", str(folder))
+    yield folder
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def ov_engine(ov_cache, wide_checkpoint):
+    return Reranker(wide_checkpoint, device="cpu", dtype="float32", runtime="openvino")
+
+
+@pytest.fixture(scope="module")
+def exact(wide_checkpoint):
+    return Reranker(wide_checkpoint, device="cpu", dtype="float32", runtime="torch")
+
+
+@needs_openvino
+def test_scores_match_the_exact_path(ov_engine, exact, wide_texts, make_text):
+    documents = [*wide_texts, make_text(400), "", "x"]
+    assert np.allclose(ov_engine.score(QUERY, documents), exact.score(QUERY, documents), atol=1e-4, rtol=1e-5)
+    assert ov_engine.runtime == "openvino" and "openvino" in repr(ov_engine)
+
+
+@needs_openvino
+@pytest.mark.parametrize("strategy", ["max", "mean", "truncate"])
+def test_windows_and_long_document_strategies_are_the_engines(ov_engine, exact, make_text, strategy):
+    documents = [make_text(300), make_text(40), make_text(700)]
+    options = {"max_length": 96, "long_document_strategy": strategy}
+    got = ov_engine.rerank(QUERY, documents, **options)
+    want = exact.rerank(QUERY, documents, **options)
+    assert [r.index for r in got] == [r.index for r in want]
+    for a, b in zip(got, want, strict=True):
+        assert (a.num_windows, a.num_tokens, a.truncated, a.best_window) == (
+            b.num_windows, b.num_tokens, b.truncated, b.best_window)
+        assert a.score == pytest.approx(b.score, abs=1e-4)
+
+
+@needs_openvino
+def test_errors_are_the_engines(ov_engine):
+    with pytest.raises(ValueError, match="query"):
+        ov_engine.rerank("", ["a"])
+    with pytest.raises(TypeError, match=r"documents\[1\]"):
+        ov_engine.rerank(QUERY, ["a", 3])
+    assert ov_engine.rerank(QUERY, []) == []
+
+
+@needs_openvino
+def test_converted_once_then_read_from_the_cache(ov_engine, ov_cache, wide_checkpoint, monkeypatch, wide_texts):
+    converted = list(ov_cache.glob("openvino/*/model.xml"))
+    assert len(converted) == 1
+    assert not list(ov_cache.glob("openvino/.partial-*")), "a conversion is written beside, then renamed"
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("converted again although the cache holds this checkpoint")
+
+    monkeypatch.setattr(openvino_runtime.OpenVINOScorer, "_convert", refuse)
+    again = Reranker(wide_checkpoint, device="cpu", dtype="float32", runtime="openvino")
+    assert again.score(QUERY, wide_texts[:3]) == pytest.approx(ov_engine.score(QUERY, wide_texts[:3]), abs=1e-6)
+
+
+@needs_openvino
+def test_a_corrupt_cache_entry_is_converted_again(ov_engine, ov_cache, wide_checkpoint, wide_texts, caplog):
+    """Weights overwritten in place (same size: OpenVINO would read them and compute garbage) are found by the
+    entry's checksums, logged, converted again, and score as before; no traceback."""
+    weights = ov_engine._scorer.path.with_name("model.bin")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 3 : len(data) // 3 + 4096] = bytes(4096)
+    weights.write_bytes(data)
+    with caplog.at_level(logging.WARNING, logger="ettin_rerank.engine.openvino_runtime"):
+        rebuilt = Reranker(wide_checkpoint, device="cpu", dtype="float32", runtime="openvino")
+    assert any("corrupt" in r.getMessage() and str(weights.parent) in r.getMessage() for r in caplog.records)
+    assert rebuilt.score(QUERY, wide_texts[:4]) == pytest.approx(ov_engine.score(QUERY, wide_texts[:4]), abs=1e-6)
+    assert openvino_runtime._entry_problem(weights.parent) is None
+    assert not list(ov_cache.glob("openvino/.stale-*")) and not list(ov_cache.glob("openvino/.partial-*"))
+
+
+@needs_openvino
+def test_a_cut_short_or_unreadable_entry_is_not_read(ov_engine, tmp_path, caplog):
+    """Weights cut short fail the checksums; an entry whose files match its manifest but that OpenVINO cannot read
+    is refused by OpenVINO: either way the entry is logged and removed (to be converted again), not a traceback."""
+    import openvino as ov
+
+    source = ov_engine._scorer.path.parent
+    core = ov.Core()
+    for case in ("cut short", "unreadable"):
+        entry = tmp_path / case.replace(" ", "-")
+        entry.mkdir()
+        for name in ("model.xml", "model.bin", openvino_runtime.MANIFEST):
+            (entry / name).write_bytes((source / name).read_bytes())
+        weights = entry / "model.bin"
+        weights.write_bytes(weights.read_bytes()[:1000])
+        if case == "unreadable":  # a manifest that matches the damaged files: only OpenVINO can tell
+            manifest = json.dumps(openvino_runtime._checksums(entry))
+            (entry / openvino_runtime.MANIFEST).write_text(manifest)
+            assert openvino_runtime._entry_problem(entry) is None
+        else:
+            assert "truncated or overwritten" in openvino_runtime._entry_problem(entry)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="ettin_rerank.engine.openvino_runtime"):
+            assert openvino_runtime._read_entry(core, entry) is None
+        assert not entry.exists() and not list(tmp_path.glob(".stale-*"))
+        [record] = caplog.records
+        assert "corrupt" in record.getMessage() and str(entry) in record.getMessage()
+        assert case == "cut short" or "OpenVINO cannot read it" in record.getMessage()
+
+
+def test_a_changed_checkpoint_is_converted_again(ov_cache, wide_checkpoint, tiny_checkpoint):
+    first = openvino_runtime._cache_key(wide_checkpoint, int8=False)
+    assert openvino_runtime._cache_key(tiny_checkpoint, int8=False) != first
+    assert openvino_runtime._cache_key(wide_checkpoint, int8=True) != first
+
+
+@needs_openvino
+def test_int8_is_an_opt_in_with_its_agreement_measured(ov_engine, wide_checkpoint, exact, wide_texts, make_text,
+                                                        monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("int8 converted the checkpoint again instead of quantizing the cached float32 model")
+
+    monkeypatch.setattr(openvino_runtime.OpenVINOScorer, "_convert", refuse)
+    int8 = Reranker(wide_checkpoint, device="cpu", runtime="openvino", precision="int8")
+    documents = [*wide_texts, *(make_text(20 + 9 * i) for i in range(16))]
+    quantized, reference = np.array(int8.score(QUERY, documents)), np.array(exact.score(QUERY, documents))
+    assert not np.allclose(quantized, reference, atol=1e-4), "int8 is not exact: if it is, it did not quantize"
+    assert spearmanr(quantized, reference).statistic > 0.9
+    xml = int8._scorer.path.read_text()
+    assert "FakeQuantize" in xml or "FakeConvert" in xml or 'element_type="i8"' in xml or 'element_type="u8"' in xml
+
+
+def test_bad_runtime_and_precision_are_named(tiny_checkpoint):
+    with pytest.raises(ValueError, match="runtime"):
+        Reranker(tiny_checkpoint, device="cpu", runtime="tensorrt")
+    with pytest.raises(ValueError, match="precision"):
+        Reranker(tiny_checkpoint, device="cpu", precision="int4")
+    with pytest.raises(ValueError, match="int8"):
+        Reranker(tiny_checkpoint, device="cpu", runtime="torch", precision="int8")
+    with pytest.raises(ValueError, match="attention"):
+        Reranker(tiny_checkpoint, device="cpu", runtime="openvino", attention="flash_attn")
+
+
+def test_a_missing_openvino_says_what_to_install(tiny_checkpoint, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    with pytest.raises(ModelLoadError, match=r"runtime=\"openvino\" needs OpenVINO: .*ettin-rerank\[openvino\]"):
+        Reranker(tiny_checkpoint, device="cpu", runtime="openvino")
+    with pytest.raises(ModelLoadError, match=r"precision=\"int8\" needs .*ettin-rerank\[openvino\]"):
+        Reranker(tiny_checkpoint, device="cpu", precision="int8")
+
+
+def test_without_openvino_the_default_runs_pytorch_quietly(tiny_checkpoint, monkeypatch, caplog):
+    """Where OpenVINO is the measured default but not installed, ``Reranker(model)`` runs PyTorch: no error, no
+    warning, the same scores as ``runtime="torch"``."""
+    monkeypatch.delenv("ETTIN_RERANK_RUNTIME", raising=False)
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    monkeypatch.setattr(engine_device, "cpu_kind", lambda: "avx2")
+    assert engine_device.KIND_DEFAULTS["avx2"].runtime == "openvino"
+    with caplog.at_level(logging.INFO, logger="ettin_rerank"):
+        engine = Reranker(tiny_checkpoint, device="cpu", dtype="float32")
+    assert engine.runtime == "torch" and "runtime='torch'" in repr(engine)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any("not installed" in r.getMessage() for r in caplog.records), "said at INFO, for who looks"
+    torch_engine = Reranker(tiny_checkpoint, device="cpu", dtype="float32", runtime="torch")
+    assert engine.score(QUERY, ["a gene", "pasta"]) == torch_engine.score(QUERY, ["a gene", "pasta"])
+
+
+@needs_openvino
+def test_classic_cross_encoders_say_they_run_on_torch(classic_checkpoint):
+    with pytest.raises(ValueError, match="runtime='torch'"):
+        Reranker(classic_checkpoint, device="cpu", runtime="openvino")
+
+
+def test_the_default_runtime_comes_from_the_measurements_of_this_cpu_kind(monkeypatch):
+    cpu = engine_device.torch.device("cpu")
+    monkeypatch.delenv("ETTIN_RERANK_RUNTIME", raising=False)
+    for kind, default in engine_device.KIND_DEFAULTS.items():
+        monkeypatch.setattr(engine_device, "cpu_kind", lambda kind=kind: kind)
+        assert engine_device.resolve_runtime(None, None, cpu) == default.runtime
+        assert "benchmarks/results/" in default.source
+    monkeypatch.setattr(engine_device, "cpu_kind", lambda: "amx")
+    monkeypatch.setattr(openvino_runtime, "openvino_available", lambda: False)
+    assert engine_device.resolve_runtime(None, None, cpu) == "torch", "not installed: PyTorch"
+    monkeypatch.setattr(engine_device, "cpu_kind", lambda: "other")
+    assert engine_device.resolve_runtime(None, None, cpu) == "torch", "no measurement: PyTorch"
+    monkeypatch.setenv("ETTIN_RERANK_RUNTIME", "openvino")
+    assert engine_device.resolve_runtime(None, None, cpu) == "openvino"
+    assert engine_device.resolve_runtime("torch", None, cpu) == "torch", "an explicit runtime wins"
+    assert engine_device.resolve_runtime(None, "int8", cpu) == "openvino"
