@@ -470,7 +470,8 @@ class _PartWriter:
 
 
 def _assemble(run: _Run, output: Path, *, overwrite: bool) -> None:
-    """Write the output beside, from the parts (with ranks when asked), and rename it into place."""
+    """Write the output beside, from the parts (with ranks when asked), and rename it into place. Parts are read one
+    row group at a time (``pre_buffer=False``: pyarrow's default holds a whole file in memory)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -489,7 +490,7 @@ def _assemble(run: _Run, output: Path, *, overwrite: bool) -> None:
     with pq.ParquetWriter(assembled, schema.with_metadata(metadata)) as writer, \
             (ranks.open("rb") if ranks is not None else contextlib.nullcontext()) as rank_data:
         for part in parts:
-            for batch in pq.ParquetFile(part).iter_batches(batch_size=run.chunk_rows):
+            for batch in pq.ParquetFile(part, pre_buffer=False).iter_batches(batch_size=run.chunk_rows):
                 table = pa.Table.from_batches([batch])
                 if rank_data is not None:
                     values = np.frombuffer(rank_data.read(4 * table.num_rows), dtype=np.int32)
@@ -511,8 +512,8 @@ def _rank_file(parts: list[Path], config: BatchConfig, contiguous: bool, folder:
 
     def batches() -> Iterator[tuple[list[Any], np.ndarray]]:
         for part in parts:
-            for batch in pq.ParquetFile(part).iter_batches(batch_size=65_536,
-                                                           columns=[config.group_by, config.score_column]):
+            for batch in pq.ParquetFile(part, pre_buffer=False).iter_batches(
+                    batch_size=CHUNK_ROWS, columns=[config.group_by, config.score_column]):
                 yield batch.column(0).to_pylist(), batch.column(1).to_numpy(zero_copy_only=False)
 
     with path.open("wb") as out:
