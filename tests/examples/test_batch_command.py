@@ -267,8 +267,10 @@ def test_a_stopped_run_leaves_nothing_at_the_output_and_resumes_to_the_same_rows
     if name != "SIGKILL":  # a kill gives no chance to say anything
         assert f"they are kept in {partial}; run the same command again to resume" in run["log"].read_text()
     if name == "SIGINT":  # other settings never mix into these rows; --restart starts over
-        assert main([*command, "--activation", "sigmoid"]) == 2
+        with caplog.at_level(logging.WARNING, logger="ettin_rerank"):
+            assert main([*command, "--activation", "sigmoid"]) == 2
         assert "other settings: activation 'none' (now 'sigmoid')" in capsys.readouterr().err
+        assert "stopped after" not in caplog.text, "a refused resume is not a stopped run to resume"
         restarted = tmp_path / "restarted.parquet"
         shutil.copytree(partial, tmp_path / "restarted.parquet.partial")
         assert main([*command[:2], str(restarted), *command[3:], "--restart"]) == 0
@@ -292,3 +294,10 @@ def test_resume_refuses_what_it_cannot_continue(pairs_jsonl, tmp_path, tiny_chec
     assert main(["batch", str(path), str(out), *_model(tiny_checkpoint)]) == 2
     assert "was not written by ettin-rerank batch (notes.txt)" in capsys.readouterr().err
     assert (stranger / "notes.txt").read_text() == "mine" and not out.exists()
+    shutil.rmtree(stranger)
+    stranger.mkdir()  # what a run killed before its first part leaves: its lock, a part in flight
+    (stranger / ".lock").touch()
+    (stranger / "part-000000.parquet.tmp").write_bytes(b"PAR1 half")
+    assert main(["batch", str(path), str(out), *_model(tiny_checkpoint), "--resume"]) == 2
+    assert "holds no scored rows to resume" in capsys.readouterr().err
+    assert not stranger.exists() and not out.exists(), "a folder with nothing to resume is not left behind"

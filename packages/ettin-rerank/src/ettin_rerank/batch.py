@@ -242,9 +242,13 @@ def rerank_file(source: str | Path, output: str | Path, config: BatchConfig, *, 
         stack.enter_context(_locked(partial))
         try:
             done = _resume_point(run, resume)
-            if done:
-                logger.warning("resuming %s: %d of %d rows were scored before and are kept", partial, done,
-                               scanned.rows)
+        except BaseException:  # parts of another run are left as they are; an empty folder goes
+            if not _parts(partial):
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if done:
+            logger.warning("resuming %s: %d of %d rows were scored before and are kept", partial, done, scanned.rows)
+        try:
             _score_into_parts(engine, run, done, save_every=save_every, show_progress_bar=show_progress_bar)
         except BaseException:
             kept = _rows(_parts(partial))
