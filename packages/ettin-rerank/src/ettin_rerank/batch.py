@@ -638,9 +638,6 @@ def rerank_with_ray(source: str | Path, output: str | Path, config: BatchConfig,
     scanned = scan(source, config.columns)
     run = {"written_by": WRITTEN_BY, "input": fingerprint(scanned), "rows": scanned.rows,
            "settings": {**config.settings(), "ray_actors": actors}}
-    if not Path(source).exists():
-        msg = f"{source} does not exist"
-        raise FileNotFoundError(msg)
     init_ray(address)  # a local cluster listens on 127.0.0.1 only (ettin_rerank.cluster)
     suffix = Path(source).suffix.lower()
     blocks = max(8, 4 * actors)  # enough blocks for every actor to have work
