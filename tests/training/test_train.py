@@ -75,13 +75,41 @@ def test_a_short_run_gives_a_servable_model_and_a_report(groups, base, tmp_path)
 
 
 def test_the_original_is_never_overwritten(groups, base, tmp_path):
-    with pytest.raises(ValueError, match="is the base model's folder"):
+    with pytest.raises(ValueError, match="is the base model"):
         train(TrainConfig(data=str(groups), base=str(base), output=str(base), max_steps=1))
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "something").write_text("x")
     with pytest.raises(ValueError, match="exists and is not empty"):
         train(TrainConfig(data=str(groups), base=str(base), output=str(taken), max_steps=1))
+
+
+def _snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_an_output_around_or_inside_the_base_or_the_data_is_refused_before_any_work(groups, base, tmp_path):
+    """`--output` that is the base or the data, holds them, or lies inside them: refused, with --overwrite too,
+    and nothing is touched (before: `--output WORK --overwrite` deleted WORK with the base and the data in it)."""
+    work = tmp_path / "work"
+    shutil.copytree(base, work / "base")
+    shutil.copy(groups, work / "data.jsonl")
+    before = _snapshot(tmp_path)
+    for output, message in ((work, "contains the base model"), (tmp_path, "contains the base model"),
+                            (work / "base", "is the base model"), (work / "base" / "tuned", "lies inside the base"),
+                            (work / "data.jsonl", "is the training data")):
+        with pytest.raises(ValueError, match=message):
+            train(TrainConfig(data=str(work / "data.jsonl"), base=str(work / "base"), output=str(output),
+                              overwrite=True, max_steps=1))
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_nan_label_is_named_by_file_line_and_field_before_training(base, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"query": "q1", "document": "a", "label": 1}\n{"query": "q2", "document": "b", "label": NaN}\n')
+    with pytest.raises(ValueError, match=r"pairs.jsonl:2: 'label' must be a finite number, got nan"):
+        train(TrainConfig(data=str(data), base=str(base), output=str(tmp_path / "out"), max_steps=1))
+    assert not (tmp_path / "out").exists()
 
 
 def test_distillation_from_a_teacher_with_a_resumable_cache(groups, base, checkpoint_factory, tmp_path):
@@ -109,17 +137,43 @@ def test_distillation_from_a_teacher_with_a_resumable_cache(groups, base, checkp
         teacher_scores(rows, "another-teacher", full)
 
 
-def test_cli_dry_run_and_train(groups, base, tmp_path, capsys):
-    assert main(["train", str(groups), "--base", str(base), "--output", str(tmp_path / "o"), "--dry-run",
-                 "--batch-size", "8", "--max-length", "64"]) == 0
+def test_cli_dry_run_and_train_and_overwrite_only_a_complete_model_of_its_own(groups, base, tmp_path, capsys,
+                                                                              monkeypatch):
+    output = tmp_path / "o"
+    flags = ["--base", str(base), "--output", str(output), "--batch-size", "8", "--max-length", "64"]
+    assert main(["train", str(groups), *flags, "--dry-run"]) == 0
     printed = capsys.readouterr().out
     assert "objective: bce" in printed and "s/step measured on this machine" in printed
-    assert main(["train", str(groups), "--base", str(base), "--output", str(tmp_path / "o"), "--max-steps", "2",
-                 "--batch-size", "8", "--max-length", "64", "--holdout", "0.25"]) == 0
+    assert not output.exists()
+    flags += ["--max-steps", "2", "--holdout", "0.25"]
+    assert main(["train", str(groups), *flags]) == 0
     printed = capsys.readouterr().out
     assert "retrieval alone" in printed and "before" in printed and "after" in printed
     assert "the base model is untouched" in printed and ("BETTER" in printed or "SAME" in printed
                                                           or "WORSE" in printed)
+    first = _snapshot(output)
+    assert main(["train", str(groups), *flags]) == 2
+    assert "exists and is not empty (pass --overwrite" in capsys.readouterr().err
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "model.safetensors").write_bytes(b"someone else's model")
+    assert main(["train", str(groups), *flags[:2], "--output", str(theirs), *flags[4:], "--overwrite"]) == 2
+    assert "was not written by ettin-rerank train (no ettin_training.json" in capsys.readouterr().err
+    assert _snapshot(theirs) == {"model.safetensors": b"someone else's model"}
+    real_save = CrossEncoder.save_pretrained
+
+    def save_then_fail(self, path, *args, **kwargs):  # the disk fills up while the new model is being written
+        real_save(self, path, *args, **kwargs)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(CrossEncoder, "save_pretrained", save_then_fail)
+    assert main(["train", str(groups), *flags, "--overwrite"]) == 2
+    assert "No space left on device" in capsys.readouterr().err
+    assert _snapshot(output) == first, "a failed run must leave the previous model whole"
+    monkeypatch.undo()
+    assert main(["train", str(groups), *flags, "--overwrite", "--seed", "3"]) == 0
+    assert json.loads((output / "ettin_training.json").read_text())["config"]["seed"] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o", "theirs"]  # nothing half-written beside
 
 
 def test_beir_data_is_mined_on_training_queries_only(base, tmp_path):

@@ -40,7 +40,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                                 "(needs ettin-rerank[train])")
     train.add_argument("data", help="BEIR folder, or JSONL pairs / groups / FlagEmbedding / Cohere layout")
     train.add_argument("--base", default="17m", help="the reranker to start from (never modified)")
-    train.add_argument("--output", required=True, help="folder for the trained model (must not exist or be empty)")
+    train.add_argument("--output", required=True, help="folder for the trained model: new or empty (never the base "
+                       "or a data file, nor around or inside one)")
     train.add_argument("--format", default="auto", choices=("auto", "pairs", "groups", "flag", "cohere", "beir"))
     train.add_argument("--objective", default="auto", choices=("auto", "distill", "bce", "lambda"))
     train.add_argument("--teacher", default=None, help="model that scores every (query, candidate) to distil from")
@@ -63,7 +64,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="auto: bf16 autocast on CUDA, fp32 on CPU (bf16 training on CPU is a trap)")
     train.add_argument("--seed", type=int, default=12)
     train.add_argument("--device", default=None)
-    train.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
+    train.add_argument("--overwrite", action="store_true", help="replace an --output that train wrote before (once "
+                       "the new model is complete)")
     train.add_argument("--dry-run", action="store_true", help="count the data and time two steps, then stop")
     train.set_defaults(func=_cmd_train)
 
@@ -71,7 +73,10 @@ def register(commands: argparse._SubParsersAction) -> None:
                                     "activation='calibrated' then uses it")
     calibrate.add_argument("data", help="JSONL pairs/groups with labels, or a BEIR folder")
     calibrate.add_argument("--model", default="17m")
-    calibrate.add_argument("--output", default=None, help="write a calibrated copy here (needed for hub models)")
+    calibrate.add_argument("--output", default=None, help="write a calibrated copy of the model here instead of "
+                           "adding calibration.json to the model folder (needed for hub models)")
+    calibrate.add_argument("--overwrite", action="store_true", help="replace a calibration.json, or an --output "
+                           "copy, that calibrate wrote before")
     calibrate.add_argument("--split", default="train", help="BEIR qrels split to calibrate on")
     calibrate.add_argument("--candidates", type=int, default=20, help="retrieved candidates per query (BEIR)")
     calibrate.add_argument("--holdout", type=float, default=0.3, help="fraction of queries to measure ECE on")
@@ -83,7 +88,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from ettin_rerank.training.calibration import calibrate
 
     report = calibrate(EngineArgs(model=args.model, device=args.device), args.data, output=args.output,
-                       holdout=args.holdout, split=args.split, candidates=args.candidates)
+                       overwrite=args.overwrite, holdout=args.holdout, split=args.split, candidates=args.candidates)
     print(f"p(relevant) = sigmoid({report.calibration.slope:.4f} * logit + {report.calibration.intercept:.4f}), "
           f"fitted on {report.fit_pairs} pairs")
     print(f"expected calibration error on {report.heldout_pairs} held-out pairs: {report.ece_before:.4f} "

@@ -8,9 +8,12 @@ taken here in float64 (distinct values up to a logit of ~36).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 def sigmoid(value: float) -> float:
@@ -32,26 +35,33 @@ class Calibration:
         return sigmoid(self.slope * logit + self.intercept)
 
 
-NOT_CALIBRATED = ("activation='calibrated' needs a calibrated model: run `ettin-rerank calibrate` on it first "
-                  "(it writes calibration.json into the model folder)")
+NOT_CALIBRATED = ("activation='calibrated' needs a calibrated model with a readable calibration.json: run "
+                  "`ettin-rerank calibrate` on it (it writes calibration.json into the model folder; --overwrite "
+                  "replaces a damaged one)")
 CALIBRATION_FILE = "calibration.json"
 """Written into a model folder by ``ettin-rerank calibrate``; read by the engine for ``activation="calibrated"``."""
 
 
 def load_calibration(folder: str | Path) -> Calibration | None:
-    """The calibration stored in a model folder, or ``None``; a malformed file is an error naming it."""
+    """The calibration stored in a model folder, or ``None`` when there is none or it cannot be used.
+
+    A damaged file (truncated, not JSON, missing or non-finite numbers) never takes the model down: it is logged
+    as a warning naming the file, plain and sigmoid scores work as before, and ``activation="calibrated"`` is
+    refused with :data:`NOT_CALIBRATED`.
+    """
     path = Path(folder) / CALIBRATION_FILE
     if not path.is_file():
         return None
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         calibration = Calibration(slope=float(data["slope"]), intercept=float(data["intercept"]))
+        if not (math.isfinite(calibration.slope) and math.isfinite(calibration.intercept)):
+            msg = "slope and intercept must be finite numbers"
+            raise ValueError(msg)
     except (OSError, ValueError, KeyError, TypeError) as error:
-        msg = f"{path} is not a valid calibration file (needs numbers 'slope' and 'intercept'): {error}"
-        raise ValueError(msg) from error
-    if not (math.isfinite(calibration.slope) and math.isfinite(calibration.intercept)):
-        msg = f"{path}: slope and intercept must be finite numbers"
-        raise ValueError(msg)
+        logger.warning("%s cannot be used (%s: %s); scores without activation='calibrated' are not affected",
+                       path, type(error).__name__, error)
+        return None
     return calibration
 
 

@@ -3,8 +3,8 @@
 The released Ettin rerankers emit logits from about -12 to 22 (their teacher's scale); a plain sigmoid of that is a
 relevance *score*, not a probability. Platt scaling fits ``p = sigmoid(slope * logit + intercept)`` to labelled
 (query, document) pairs by maximum likelihood; the fit is stored as ``calibration.json`` in the model folder and
-used by ``activation="calibrated"`` in the engine, the adapters and the server. Reported: expected calibration
-error (ECE) before (plain sigmoid) and after, on held-out queries.
+used by ``activation="calibrated"`` in the engine, the adapters and the server (or in a calibrated copy of the
+model). Reported: expected calibration error (ECE) before (plain sigmoid) and after, on held-out queries.
 """
 
 from __future__ import annotations
@@ -21,6 +21,17 @@ import numpy as np
 
 from ettin_rerank.args import EngineArgs
 from ettin_rerank.engine.activation import CALIBRATION_FILE, Calibration, sigmoid
+from ettin_rerank.outputs import (
+    check_apart,
+    check_replaceable_folder,
+    check_writable,
+    read_json_object,
+    replace_folder,
+    staging_folder,
+    write_text_atomic,
+)
+
+WRITTEN_BY = "ettin-rerank calibrate"
 
 
 def fit_platt(logits: Sequence[float], labels: Sequence[float], *, iterations: int = 100) -> Calibration:
@@ -103,18 +114,26 @@ def calibrate_pairs(logits: Sequence[float], labels: Sequence[float], queries: S
 
 
 def write_calibration(folder: str | Path, calibration: Calibration, **details: Any) -> Path:
-    """Store ``calibration`` as ``calibration.json`` in a model folder (what ``activation="calibrated"`` reads)."""
-    path = Path(folder) / CALIBRATION_FILE
-    path.write_text(json.dumps({"method": "platt", **asdict(calibration), **details}, indent=2))
-    return path
+    """Store ``calibration`` as ``calibration.json`` in a model folder (what ``activation="calibrated"`` reads),
+    atomically: a reader sees the previous file or the new one, never a truncated one."""
+    record = {"method": "platt", "written_by": WRITTEN_BY, **asdict(calibration), **details}
+    return write_text_atomic(Path(folder) / CALIBRATION_FILE, json.dumps(record, indent=2))
 
 
-def calibrate(engine: EngineArgs, data: str, *, output: str | None = None, holdout: float = 0.3, seed: int = 12,
-              split: str = "train", candidates: int = 20, retriever: str | None = None) -> CalibrationReport:
+def calibrate(engine: EngineArgs, data: str, *, output: str | None = None, overwrite: bool = False,
+              holdout: float = 0.3, seed: int = 12, split: str = "train", candidates: int = 20,
+              retriever: str | None = None) -> CalibrationReport:
     """Score the labelled pairs of ``data`` (JSONL pairs or groups with labels, or a BEIR folder: ``split``'s
     judged queries and their ``candidates`` retrieved by ``retriever``) with the model of ``engine``, fit the map,
-    and store it in the model folder (or, for a hub model or with ``output``, in a copy of the model at
-    ``output``)."""
+    and store it.
+
+    Where: by default ``calibration.json`` is added to the model folder (nothing else there changes); with
+    ``output``, a calibrated copy of the model is written there (needed for a model in the Hugging Face cache).
+    What it refuses, before scoring anything: a ``calibration.json`` already there unless ``overwrite`` (and
+    never one that is not a calibration of this command), a model folder it cannot write in, an ``output`` that is,
+    holds or lies inside the model or the data, and an existing ``output`` that is not a copy this command wrote
+    (or any, without ``overwrite``). A copy is written beside and renamed into place when complete.
+    """
     from dataclasses import replace
 
     from ettin_rerank.engine.loading import HubOptions, resolve_model_path
@@ -125,6 +144,19 @@ def calibrate(engine: EngineArgs, data: str, *, output: str | None = None, holdo
     folder = resolve_model_path(model, HubOptions(revision=engine.revision, token=engine.token,
                                                   cache_folder=engine.cache_folder,
                                                   local_files_only=engine.local_files_only))
+    copy = output is not None and Path(output).resolve() != folder.resolve()
+    if copy:
+        check_apart(output, {"model": folder, "calibration data": data})
+        check_replaceable_folder(output, command="calibrate", marker=CALIBRATION_FILE, overwrite=overwrite,
+                                 is_ours=lambda existing: "copy_of" in (read_json_object(existing / CALIBRATION_FILE)
+                                                                         or {}))
+        check_writable(Path(output).parent, argument="--output")
+    else:
+        if _in_hub_cache(folder):
+            msg = f"{model} lives in the Hugging Face cache; give --output to write a calibrated copy elsewhere"
+            raise ValueError(msg)
+        _check_replaceable_calibration(folder / CALIBRATION_FILE, overwrite)
+        check_writable(folder, argument="--model")
     if Path(data).is_dir() and detect_layout(data) == "beir":
         examples = _beir_examples(data, split, candidates, retriever)
     else:
@@ -138,14 +170,33 @@ def calibrate(engine: EngineArgs, data: str, *, output: str | None = None, holdo
     labels = [1.0 if (e.label or 0) > 0 else 0.0 for e in labelled]
     calibration, before, after, fitted, tested = calibrate_pairs(logits, labels, [e.query for e in labelled],
                                                                  holdout=holdout, seed=seed)
-    target = Path(output) if output else folder
-    if output and target.resolve() != folder.resolve():
-        shutil.copytree(folder, target, dirs_exist_ok=True)
-    elif _in_hub_cache(folder):
-        msg = f"{model} lives in the Hugging Face cache; give --output to write a calibrated copy elsewhere"
+    details = {"ece_before": before, "ece_after": after, "pairs": len(labelled)}
+    if not copy:
+        path = write_calibration(folder, calibration, **details)
+        return CalibrationReport(calibration, before, after, fitted, tested, str(path))
+    staging = staging_folder(output)
+    try:
+        shutil.copytree(folder, staging, dirs_exist_ok=True)
+        write_calibration(staging, calibration, **details, copy_of=str(folder))
+        replace_folder(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CalibrationReport(calibration, before, after, fitted, tested, str(Path(output) / CALIBRATION_FILE))
+
+
+def _check_replaceable_calibration(path: Path, overwrite: bool) -> None:
+    if not path.exists():
+        return
+    record = read_json_object(path)
+    if record is not None and record.get("method") != "platt":
+        msg = (f"{path} exists and is not a calibration written by ettin-rerank calibrate; it is never replaced: "
+               "move it away, or give --output to write a calibrated copy")
         raise ValueError(msg)
-    path = write_calibration(target, calibration, ece_before=before, ece_after=after, pairs=len(labelled))
-    return CalibrationReport(calibration, before, after, fitted, tested, str(path))
+    if not overwrite:
+        state = "a calibration fitted before" if record is not None else "damaged: it cannot be read"
+        msg = f"{path} exists ({state}); pass --overwrite to replace it"
+        raise ValueError(msg)
 
 
 def _in_hub_cache(folder: Path) -> bool:

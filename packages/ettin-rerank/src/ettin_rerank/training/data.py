@@ -14,6 +14,7 @@ Every row problem is one error naming file, line and field. Held-out queries are
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -175,8 +176,8 @@ def _number(record: dict[str, Any], key: str, where: str) -> float | None:
     value = record.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        msg = f"{where}: '{key}' must be a number, got {value!r}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        msg = f"{where}: '{key}' must be a finite number, got {value!r}"
         raise InputError(msg)
     return float(value)
 
@@ -186,7 +187,7 @@ def _numbers(record: dict[str, Any], key: str, where: str, count: int) -> list[f
     if value is None:
         return None
     if not isinstance(value, list) or len(value) != count or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
-        msg = f"{where}: '{key}' must be a list of {count} numbers, one per document"
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+        msg = f"{where}: '{key}' must be a list of {count} finite numbers, one per document"
         raise InputError(msg)
     return [float(v) for v in value]

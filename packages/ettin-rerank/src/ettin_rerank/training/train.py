@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin_rerank.args import EngineArgs
+from ettin_rerank.outputs import check_apart, check_replaceable_folder, check_writable, replace_folder, staging_folder
 from ettin_rerank.training.data import Example, TrainingData
 from ettin_rerank.training.report import Heldout, Verdict, doc_key, evaluate, heldout_from_scores, heldout_of, verdict
 
@@ -39,7 +40,9 @@ class TrainConfig:
     Attributes:
         data: BEIR folder or JSONL file (pairs, groups, FlagEmbedding or Cohere layouts).
         base: The reranker to start from (Ettin size, folder or hub id); never modified.
-        output: Folder for the trained model; must not be the base, and must be empty unless ``overwrite``.
+        output: Folder for the trained model: never the base, a data file, nor around or inside one; new or empty,
+            or (with ``overwrite``) a folder ``train`` wrote before (its ``ettin_training.json``), replaced only
+            once the new model is complete.
         objective: ``auto`` (scores or teacher: ``distill``; binary labels: ``bce``; graded: ``lambda``).
         teacher: A model the engine loads, to score every (query, candidate) once (cached in ``teacher_cache``).
         retriever: Embedding model for candidates and mining on BEIR data (default: the eval harness's).
@@ -235,7 +238,9 @@ def train(config: TrainConfig) -> TrainReport:
     """Run ``config``: data, before-evaluation, training (best checkpoint kept), after-evaluation, output folder.
 
     Raises:
-        ValueError: bad configuration or data (named), an output that is the base or is not empty.
+        ValueError: bad configuration or data (named); an output that is, holds or lies inside the base or a data
+            file, or that exists and was not written by ``train`` (or without ``overwrite``). Checked before any
+            work.
     """
     from ettin_rerank.engine.loading import HubOptions, resolve_model_path
 
@@ -243,12 +248,10 @@ def train(config: TrainConfig) -> TrainReport:
     started = time.perf_counter()
     base_path = resolve_model_path(config.base, HubOptions())
     output = Path(config.output)
-    if output.resolve() == base_path.resolve():
-        msg = f"output {output} is the base model's folder: the original model is never overwritten"
-        raise ValueError(msg)
-    if output.exists() and any(output.iterdir()) and not (config.overwrite or config.dry_run):
-        msg = f"output {output} exists and is not empty (pass --overwrite to replace it)"
-        raise ValueError(msg)
+    check_apart(output, _inputs(config, base_path))
+    if not config.dry_run:
+        check_replaceable_folder(output, command="train", marker=RECORD_FILE, overwrite=config.overwrite)
+        check_writable(output.parent, argument="--output")
     data = load_data(config)
     objective = resolve_objective(config, data)
     heldout = heldout_of(data)
@@ -272,18 +275,32 @@ def train(config: TrainConfig) -> TrainReport:
     start = time.perf_counter()
     report.before = evaluate(replace(config.engine_args, model=base_path), data, heldout)
     seconds["evaluate_before"] = time.perf_counter() - start
-    start = time.perf_counter()
-    report.steps, report.evaluations = _fit(config, objective, data, base_path, output)
-    seconds["train"] = time.perf_counter() - start
-    report.seconds_per_step = seconds["train"] / max(1, report.steps)
-    start = time.perf_counter()
-    report.after = evaluate(replace(config.engine_args, model=output), data, heldout)
-    seconds["evaluate_after"] = time.perf_counter() - start
-    report.verdict = verdict(report.before["ndcg_per_query"], report.after["ndcg_per_query"])
-    report.output = str(output)
-    report.seconds = seconds
-    _write_record(config, report, output)
+    staging = staging_folder(output)  # the new model is complete before it takes the output's place
+    try:
+        start = time.perf_counter()
+        report.steps, report.evaluations = _fit(config, objective, data, base_path, staging)
+        seconds["train"] = time.perf_counter() - start
+        report.seconds_per_step = seconds["train"] / max(1, report.steps)
+        start = time.perf_counter()
+        report.after = evaluate(replace(config.engine_args, model=staging), data, heldout)
+        seconds["evaluate_after"] = time.perf_counter() - start
+        report.verdict = verdict(report.before["ndcg_per_query"], report.after["ndcg_per_query"])
+        report.output = str(output)
+        report.seconds = seconds
+        _write_record(config, report, staging)
+        replace_folder(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return report
+
+
+def _inputs(config: TrainConfig, base: Path) -> dict[str, str | Path | None]:
+    """Everything a run reads (or resumes from) that lives on this machine: the output may be none of them, nor
+    around or inside one."""
+    local = {"teacher": config.teacher, "retriever": config.retriever}
+    return {"base model": base, "training data": config.data, "teacher cache": config.teacher_cache,
+            **{name: path for name, path in local.items() if path is not None and Path(path).exists()}}
 
 
 def _trainer(config: TrainConfig, objective: str, data: TrainingData, base: Path, work: Path, *,
@@ -336,8 +353,6 @@ def _fit(config: TrainConfig, objective: str, data: TrainingData, base: Path,
         logger.info("kept the checkpoint of step %s (held-out NDCG@10 %s) of %d steps", best[0], best[1], steps)
         if original_length is not None:  # training truncation must not leak into the shipped model
             model.max_seq_length = original_length
-        if output.exists() and config.overwrite:
-            shutil.rmtree(output)
         model.save_pretrained(str(output))
     if original_length is not None:
         tokenizer_config = output / "tokenizer_config.json"
