@@ -107,8 +107,8 @@ KIND_DEFAULTS: dict[str, KindDefault] = {
                                    "fp32 vs this engine's bf16 2.50x (2 threads, quiet; an independent run, not ours)"),
     "avx512_bf16": KindDefault("torch", "no OpenVINO measurement on this kind yet: PyTorch, as measured in "
                                         "benchmarks/results/cpu-x86-64-full-2026-11-24.txt"),
-    "avx2": KindDefault("openvino", "benchmarks/results/cpu-x86-64-avx2-latency-peers.json: OpenVINO f32 ran "
-                                    "1.1x this engine's torch fp32 (17m and 150m, 1 and 2 threads), same scores"),
+    "avx2": KindDefault("openvino", "benchmarks/results/cpu-x86-64-avx2-peers-quiet.json: OpenVINO f32 3.13x ST "
+                                    "fp32 vs this engine's torch fp32 2.55x (17m), 1.71x vs 1.68x (150m), same scores"),
 }
 """The default runtime per CPU kind (dtype: bfloat16 where native, else float32, as :func:`resolve_dtype`)."""
 
