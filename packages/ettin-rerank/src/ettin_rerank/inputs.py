@@ -53,18 +53,26 @@ def numbered_lines(text: str) -> Iterator[tuple[int, str]]:
             yield number, line
 
 
+def json_object(line: str | bytes, label: str, number: int) -> dict[str, Any]:
+    """One JSON Lines line as an object; anything else is an error naming ``label`` and the line ``number``."""
+    try:
+        record = json.loads(line)
+    except UnicodeDecodeError as error:
+        msg = f"{label}:{number}: not UTF-8 text (byte {error.start} of the line); convert the file to UTF-8"
+        raise InputError(msg) from None
+    except json.JSONDecodeError as error:
+        msg = f"{label}:{number}: not a JSON object ({error.msg} at column {error.colno})"
+        raise InputError(msg) from None
+    if not isinstance(record, dict):
+        msg = f"{label}:{number}: expected a JSON object, got {type(record).__name__}"
+        raise InputError(msg)
+    return record
+
+
 def jsonl_records(text: str, label: str) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for each non-blank line of a JSON Lines text; anything else is an error."""
     for number, line in numbered_lines(text):
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            msg = f"{label}:{number}: not a JSON object ({error.msg} at column {error.colno})"
-            raise InputError(msg) from None
-        if not isinstance(record, dict):
-            msg = f"{label}:{number}: expected a JSON object, got {type(record).__name__}"
-            raise InputError(msg)
-        yield number, record
+        yield number, json_object(line, label, number)
 
 
 def detect_format(source: str | Path, text: str) -> str:

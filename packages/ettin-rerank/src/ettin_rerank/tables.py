@@ -13,7 +13,6 @@ Memory stays flat in the number of rows (a set of hashes of the distinct groups 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ettin_rerank.errors import InputError, MissingExtraError
+from ettin_rerank.inputs import json_object
 from ettin_rerank.validation import has_text
 
 if TYPE_CHECKING:
@@ -267,18 +267,7 @@ def _jsonl_records(path: Path, skip: int = 0) -> Iterator[tuple[int, dict[str, A
             if skip:
                 skip -= 1
                 continue
-            try:
-                record = json.loads(raw)
-            except UnicodeDecodeError as error:
-                msg = f"{path}:{number}: not UTF-8 text (byte {error.start} of the line); convert the file to UTF-8"
-                raise InputError(msg) from None
-            except json.JSONDecodeError as error:
-                msg = f"{path}:{number}: not a JSON object ({error.msg} at column {error.colno})"
-                raise InputError(msg) from None
-            if not isinstance(record, dict):
-                msg = f"{path}:{number}: expected a JSON object, got {type(record).__name__}"
-                raise InputError(msg)
-            yield number, record
+            yield number, json_object(raw, str(path), number)
 
 
 def _jsonl_blocks(path: Path, size: int, skip: int = 0) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
