@@ -91,7 +91,8 @@ def test_rerank_is_sorted_and_indexes_inputs(reranker, make_text):
     rows = reranker.rerank("a query", documents, return_documents=True)
     assert [r.index for r in rows] == sorted(range(5), key=lambda i: -scores[i])
     assert all(r.document == documents[r.index] for r in rows)
-    assert [round(r.score, 6) for r in rows] == sorted((round(s, 6) for s in scores), reverse=True)
+    # the thread governor may run two calls on different thread counts: sums in another order, ~1e-7 apart
+    np.testing.assert_allclose([r.score for r in rows], sorted(scores, reverse=True), rtol=0, atol=1e-5)
     top = reranker.rerank("a query", documents, top_k=2)
     assert [r.index for r in top] == [r.index for r in rows[:2]]
     assert len(reranker.rerank("a query", documents, top_k=50)) == 5
