@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -128,6 +130,26 @@ def test_a_cut_short_or_unreadable_entry_is_not_read(ov_engine, tmp_path, caplog
         [record] = caplog.records
         assert "corrupt" in record.getMessage() and str(entry) in record.getMessage()
         assert case == "cut short" or "OpenVINO cannot read it" in record.getMessage()
+
+
+@needs_openvino
+def test_leftovers_of_killed_conversions_are_removed_and_live_ones_kept(ov_engine, tmp_path):
+    """A conversion killed while writing (``.partial-*``) or while removing a corrupt entry (``.stale-*``) leaves a
+    folder as big as the model: the next conversion removes those older than an hour, not one being written."""
+    import openvino as ov
+
+    killed, removing, live = tmp_path / ".partial-killed", tmp_path / ".stale-killed", tmp_path / ".partial-live"
+    for folder in (killed, removing, live):
+        folder.mkdir()
+        (folder / "model.bin").write_bytes(bytes(1000))
+    two_hours_ago = time.time() - 2 * 3600
+    for folder in (killed, removing):
+        os.utime(folder, (two_hours_ago, two_hours_ago))
+    entry = tmp_path / "entry"
+    openvino_runtime._write_entry(ov, ov.Core().read_model(ov_engine._scorer.path), entry)
+    assert not killed.exists() and not removing.exists()
+    assert live.exists(), "a folder another process is writing now is left alone"
+    assert openvino_runtime._entry_problem(entry) is None
 
 
 def test_a_changed_checkpoint_is_converted_again(ov_cache, wide_checkpoint, tiny_checkpoint):

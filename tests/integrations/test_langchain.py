@@ -115,7 +115,8 @@ def test_score_threshold_and_empty_input(corpus, query, engine_options, engine):
 @pytest.mark.parametrize(
     "kwargs",
     [{"top_m": 3}, {"top_n": 0}, {"long_document_strategy": "chunks"}, {"window_overlap": -1},
-     {"max_tokens_per_doc": 0}, {"activation": "softmax"}, {"attention": "magic"}, {"score_threshold": float("nan")}],
+     {"max_tokens_per_doc": 0}, {"activation": "softmax"}, {"attention": "magic"}, {"score_threshold": float("nan")},
+     {"runtime": "onnx"}, {"precision": "int4"}, {"threads": 0}],
 )
 def test_arguments_are_checked_at_construction(kwargs):
     with pytest.raises(ValidationError):

@@ -127,6 +127,9 @@ def test_score_threshold_and_activation(corpus, query, engine_options, engine):
         ({"max_tokens_per_doc": 0}, "max_tokens_per_doc must be > 0"),
         ({"dtype": "int8"}, "dtype must be one of"),
         ({"score_threshold": float("nan")}, "score_threshold must be a number, not NaN"),
+        ({"runtime": "onnx"}, "runtime must be one of torch, openvino"),
+        ({"precision": "int4"}, "precision must be one of int8"),
+        ({"threads": 0}, "threads must be a positive integer"),
     ],
 )
 def test_arguments_are_checked_at_construction(engine_options, kwargs, message):

@@ -8,7 +8,9 @@ import sys
 
 import pytest
 import torch
+from ettin_rerank import Reranker
 from ettin_rerank.adapters.shared import shared_engines
+from ettin_rerank.engine import openvino_runtime
 from haystack import Document
 from haystack.utils import ComponentDevice
 from haystack_integrations.components.rankers.ettin import EttinRanker
@@ -61,6 +63,40 @@ def test_different_dtypes_are_different_engines(checkpoint_factory):
     assert len(_engines_for(folder)) == 2
     exact.close()
     fast.close()
+
+
+@pytest.mark.skipif(not openvino_runtime.openvino_available(), reason="needs ettin-rerank[openvino]")
+def test_every_adapter_runs_the_runtime_and_threads_it_names(checkpoint_factory, tmp_path, monkeypatch):
+    """runtime (Haystack: backend) and threads reach the engine: the three adapters share one OpenVINO engine on one
+    thread, with the PyTorch engine's scores; the default runtime (PyTorch in the tests) is another engine."""
+    monkeypatch.setenv("ETTIN_RERANK_CACHE", str(tmp_path / "cache"))
+    folder = checkpoint_factory("17m", layers=2, seed=43)
+    texts = ["protein study of mice", "the weather today", "gene expression in cancer cells"]
+    options = {"model": str(folder), "device": "cpu", "dtype": "float32", "threads": 1}
+    llama = LlamaIndexRerank(**options, runtime="openvino", activation="none", top_n=3)
+    chain = LangChainRerank(**options, runtime="openvino", activation="none", top_n=3)
+    haystack = EttinRanker(**{**options, "device": ComponentDevice.from_str("cpu")}, backend="openvino",
+                           scale_score=False, top_k=3)
+    default = LlamaIndexRerank(**options, activation="none", top_n=3)
+    got_llama = llama.postprocess_nodes([NodeWithScore(node=TextNode(text=t)) for t in texts], query_str="protein")
+    got_chain = chain.rerank(texts, "protein")
+    got_haystack = haystack.run(query="protein", documents=[Document(content=t) for t in texts])["documents"]
+    default.postprocess_nodes([NodeWithScore(node=TextNode(text="a"))], query_str="q")
+    engines = _engines_for(folder)
+    [openvino] = [e for e in engines if e.runtime == "openvino"]
+    assert {e.runtime for e in engines} == {"openvino", "torch"}
+    assert all(a._backend.engine is openvino for a in (llama, chain, haystack))
+    assert openvino._threads.threads == 1 and not openvino._threads.adaptive
+    with Reranker(folder, device="cpu", dtype="float32", runtime="torch") as exact:
+        want = exact.rerank("protein", texts)
+    assert [texts.index(n.node.get_content()) for n in got_llama] == [r.index for r in want]
+    assert [r["index"] for r in got_chain] == [r.index for r in want]
+    assert [texts.index(d.content) for d in got_haystack] == [r.index for r in want]
+    for node, result in zip(got_llama, want, strict=True):
+        assert node.score == pytest.approx(result.score, abs=1e-4)
+    for adapter in (llama, chain, haystack, default):
+        adapter.close()
+    assert _engines_for(folder) == []
 
 
 @pytest.mark.parametrize("module", ["langchain_ettin", "llama_index.postprocessor.ettin_rerank", "ettin_rerank"])

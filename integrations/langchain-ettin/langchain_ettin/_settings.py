@@ -40,6 +40,13 @@ class EttinSettings(BackendUser, BaseModel):
     """Token budget of one forward pass."""
     attention: str | None = None
     """``"sdpa"``, ``"flash_attn"`` or ``"varlen"``; ``None`` picks the fastest available."""
+    runtime: str | None = None
+    """``"torch"`` or ``"openvino"`` (CPU, ``pip install "ettin-rerank[openvino]"``); ``None`` picks the one measured
+    fastest on this CPU kind."""
+    precision: str | None = None
+    """``"int8"`` to quantize the linear layers (OpenVINO + NNCF; faster, not exact); ``None``: ``dtype`` decides."""
+    threads: int | None = None
+    """CPU threads of a forward pass; ``None``: the CPUs this process may use, fewer while neighbours keep some busy."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) of the model."""
     token: SecretStr | None = None
@@ -75,5 +82,6 @@ class EttinSettings(BackendUser, BaseModel):
             model=self.model, device=self.device, dtype=self.dtype, revision=self.revision,
             token=self.token.get_secret_value() if self.token else None, cache_folder=self.cache_folder,
             local_files_only=self.local_files_only, attention=self.attention, batch_tokens=self.batch_tokens,
-            trust_remote_code=self.trust_remote_code,
+            trust_remote_code=self.trust_remote_code, runtime=self.runtime, precision=self.precision,
+            threads=self.threads,
         )

@@ -84,6 +84,13 @@ class EttinRerank(BackendUser, BaseNodePostprocessor):
     )
     batch_tokens: int | None = Field(default=None, description="Token budget of one forward pass.")
     attention: str | None = Field(default=None, description="'sdpa', 'flash_attn', 'varlen'; None: fastest.")
+    runtime: str | None = Field(
+        default=None, description="'torch' or 'openvino' (CPU, ettin-rerank[openvino]); None: the one measured "
+        "fastest on this CPU kind.")
+    precision: str | None = Field(
+        default=None, description="'int8' to quantize the linear layers (OpenVINO; faster, not exact); None: dtype.")
+    threads: int | None = Field(
+        default=None, description="CPU threads of a forward pass; None: the CPUs this process may use.")
     revision: str | None = Field(default=None, description="Hub revision (branch, tag or commit) of the model.")
     token: str | None = Field(default=None, exclude=True, repr=False,
                               description="Hugging Face token for private models.")
@@ -119,7 +126,8 @@ class EttinRerank(BackendUser, BaseNodePostprocessor):
         return EngineArgs(
             model=self.model, device=self.device, dtype=self.dtype, revision=self.revision, token=self.token,
             cache_folder=self.cache_folder, local_files_only=self.local_files_only, attention=self.attention,
-            batch_tokens=self.batch_tokens, trust_remote_code=self.trust_remote_code,
+            batch_tokens=self.batch_tokens, trust_remote_code=self.trust_remote_code, runtime=self.runtime,
+            precision=self.precision, threads=self.threads,
         )
 
     def _texts(self, nodes: Any, query_bundle: QueryBundle | None) -> list[str]:

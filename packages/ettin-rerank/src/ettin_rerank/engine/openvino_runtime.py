@@ -25,6 +25,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -45,6 +46,9 @@ EXPORT_VERSION = 2
 """Bumped whenever :class:`PaddedEncoder` or a cache entry's layout changes (old entries are then not read)."""
 MANIFEST = "entry.json"
 """A cache entry's record of its files (size and CRC-32 each), written last, checked on every load."""
+LEFTOVER_AGE_S = 3600
+"""A ``.partial-*`` (being written) or ``.stale-*`` (being removed) folder this old was left by a killed process
+(writing one takes seconds to a minute): the next conversion removes it."""
 CALIBRATION_MAX_TOKENS = 512
 """int8 calibration windows are at most this long (the passages RAG reranks; longer windows cost minutes)."""
 INSTALL_HINT = 'runtime="openvino" needs OpenVINO: pip install "ettin-rerank[openvino]"'
@@ -237,6 +241,7 @@ def _write_entry(ov, model, entry: Path) -> None:
     """Save ``model`` as the cache entry ``entry``: written beside, with its manifest, then renamed (complete, or not
     there at all); if another process renamed an intact entry there first, that one stands."""
     entry.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(entry.parent)
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=entry.parent))
     try:
         ov.save_model(model, staging / "model.xml", compress_to_fp16=False)
@@ -248,6 +253,19 @@ def _write_entry(ov, model, entry: Path) -> None:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Remove what killed processes left in the cache (half-written or half-removed entries, older than
+    :data:`LEFTOVER_AGE_S`); folders other processes are writing now are left alone."""
+    cutoff = time.time() - LEFTOVER_AGE_S
+    for path in [*folder.glob(".partial-*"), *folder.glob(".stale-*")]:
+        try:
+            if path.is_dir() and path.stat().st_mtime < cutoff:
+                logger.info("OpenVINO: removing %s, left by a process that stopped while writing the cache", path)
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            continue  # removed meanwhile by another process
 
 
 def _discard(entry: Path) -> None:

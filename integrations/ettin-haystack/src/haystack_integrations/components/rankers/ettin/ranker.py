@@ -33,7 +33,7 @@ _PLAIN_INIT_PARAMETERS = (
     "embedding_separator", "scale_score", "calibration_factor", "score_threshold", "trust_remote_code",
     "tokenizer_kwargs", "config_kwargs", "backend", "batch_size", "dtype", "max_length", "long_document_strategy",
     "window_overlap", "max_tokens_per_doc", "batch_tokens", "attention", "revision", "cache_folder", "url", "timeout",
-    "calibrated", "fusion_weight",
+    "calibrated", "fusion_weight", "precision", "threads",
 )
 _ATTENTION_FROM_TRANSFORMERS = {"flash_attention_2": "flash_attn", "sdpa": "sdpa", "eager": "sdpa"}
 
@@ -82,7 +82,7 @@ class EttinRanker:
         model_kwargs: dict[str, Any] | None = None,
         tokenizer_kwargs: dict[str, Any] | None = None,
         config_kwargs: dict[str, Any] | None = None,
-        backend: Literal["torch"] = "torch",
+        backend: Literal["torch", "openvino"] | None = None,
         batch_size: int | None = None,
         dtype: str | None = None,
         max_length: int | None = None,
@@ -98,6 +98,8 @@ class EttinRanker:
         timeout: float = 60.0,
         calibrated: bool = False,
         fusion_weight: float | None = None,
+        precision: Literal["int8"] | None = None,
+        threads: int | None = None,
     ) -> None:
         """
         Creates an EttinRanker; every argument is checked now, nothing is loaded until `warm_up()` or `run()`.
@@ -121,7 +123,9 @@ class EttinRanker:
             are understood, anything else is an error.
         :param tokenizer_kwargs: As for Sentence Transformers; `model_max_length` is understood (as `max_length`).
         :param config_kwargs: Not supported (must be empty): the engine reads the checkpoint's own configuration.
-        :param backend: Only `torch`.
+        :param backend: What runs the model: `torch`, or `openvino` on a CPU (`pip install "ettin-rerank[openvino]"`;
+            converted once, cached on disk). `None` picks the runtime measured fastest on this CPU kind. (A YAML
+            written for `SentenceTransformersSimilarityRanker` says `torch`: that runs PyTorch.)
         :param batch_size: At most this many documents (windows) in one forward pass; the engine batches by a token
             budget (`batch_tokens`) anyway, so `None` is usually best.
         :param dtype: `float32`, `bfloat16` or `float16`; `None` picks the fastest exact-enough one for the device.
@@ -142,6 +146,10 @@ class EttinRanker:
         :param fusion_weight: Rank by `fusion_weight * retrieval score + (1 - fusion_weight) * reranker score`
             (each min-max normalised; the incoming `Document.score` is the retrieval score; tune it with
             `ettin-rerank eval --fusion`). `None`: the reranker alone.
+        :param precision: `int8` to quantize the linear layers (OpenVINO + NNCF; faster, not exact); `None`: `dtype`
+            decides.
+        :param threads: CPU threads of a forward pass; `None`: the CPUs this process may use (affinity, cgroup
+            quota), fewer while other processes keep some busy.
         :raises ValueError: If an argument is out of range (`top_k` not > 0, an unknown strategy...).
         """
         check_top_k(top_k)
@@ -178,6 +186,8 @@ class EttinRanker:
         self.timeout = timeout
         self.calibrated = calibrated
         self.fusion_weight = check_fusion_weight(fusion_weight)
+        self.precision = precision
+        self.threads = threads
         self._spec = self._engine_spec()
         self._options = self._call_options(scale_score, calibration_factor)
         self._backend: Backend | None = None
@@ -186,8 +196,9 @@ class EttinRanker:
         if self.url is not None:
             api_key = self.api_key.resolve_value() if self.api_key else None
             return RemoteSpec(self.url, api_key=api_key, timeout=self.timeout)
-        if self.backend != "torch":
-            msg = f"backend must be 'torch' (EttinRanker runs its own engine), but got {self.backend!r}"
+        if self.backend not in (None, "torch", "openvino"):
+            msg = ("backend must be 'torch' or 'openvino' (or None: the runtime measured fastest on this CPU), "
+                   f"but got {self.backend!r}")
             raise ValueError(msg)
         if self.config_kwargs:
             msg = ("config_kwargs is not supported (the engine reads the checkpoint's own configuration), "
@@ -214,6 +225,9 @@ class EttinRanker:
             batch_tokens=self.batch_tokens,
             batch_size=self.batch_size,
             trust_remote_code=self.trust_remote_code,
+            runtime=self.backend,
+            precision=self.precision,
+            threads=self.threads,
         )
 
     def _call_options(self, scale_score: bool, calibration_factor: float) -> RerankOptions:
