@@ -16,6 +16,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server extra is not installed")
 
+from ettin_rerank.adapters.client import RemoteReranker
 from ettin_rerank.errors import RemoteRerankError
 from ettin_rerank.serving import ServerConfig
 from ettin_rerank.serving.server import BackgroundServer
@@ -244,3 +245,39 @@ def test_retries_never_outlive_the_callers_timeout(stand_in):
                        r"timeout of 1 s"):
         EttinRanker(url=url, timeout=1.0).run(query=QUERY, documents=[Document(content="a")])
     assert time.monotonic() - start < 2.5
+
+
+# ---------------------------------------------------------------- what the client asks and checks before sending
+
+
+def _ranking(*indices) -> bytes:
+    """A native route answer ranking the documents at ``indices`` (as a stand-in server gives it to every part)."""
+    window = {"token_start": 0, "token_end": 3, "char_start": 0, "char_end": 1}
+    rows = [{"index": i, "score": 0.5, "logit": 0.0, "num_tokens": 3, "num_windows": 1, "truncated": False,
+             "best_window": window} for i in indices]
+    return json.dumps({"results": rows}).encode()
+
+
+async def test_an_info_answered_with_an_error_is_asked_again(stand_in):
+    """A 503 on /info (a model still loading, a proxy mid-rollout) is not taken for "no limit" for good: the next
+    call asks again, and splits by the limit the server gives then (else: 413 for longer lists)."""
+    url = _url(stand_in)
+    stand_in.answers["/info"] = (503, {"Retry-After": "1"}, b'{"message": "the model is loading"}', 0)
+    stand_in.answers["/ettin/v1/rerank"] = (200, {"Content-Type": "application/json"}, _ranking(0), 0)
+    client = RemoteReranker(url)
+    assert [r.index for r in client.rerank(QUERY, ["a"])] == [0]
+    stand_in.answers["/info"] = (200, {"Content-Type": "application/json"}, b'{"max_client_batch_size": 1}', 0)
+    assert sorted(r.index for r in client.rerank(QUERY, ["a", "b"])) == [0, 1]  # one document per request
+    assert sorted(r.index for r in await client.arerank(QUERY, ["a", "b"])) == [0, 1]
+    info, post = ("GET", "/info"), ("POST", "/ettin/v1/rerank")
+    assert stand_in.seen == [info, post, info, post, post, post, post]  # /info kept once it answered 200
+    client.close()
+
+    stand_in.answers["/info"] = (503, {}, b"", 0)
+    stand_in.seen.clear()
+    client = RemoteReranker(url)
+    await client.arerank(QUERY, ["a"])
+    stand_in.answers["/info"] = (200, {"Content-Type": "application/json"}, b'{"max_client_batch_size": 1}', 0)
+    assert sorted(r.index for r in await client.arerank(QUERY, ["a", "b"])) == [0, 1]
+    assert stand_in.seen == [info, post, info, post, post]
+    client.close()

@@ -5,8 +5,9 @@ field, so an adapter in remote mode gives the same ranking, scores and metadata 
 
 - every option is sent as the caller set it (``max_tokens_per_doc=None`` is sent as ``null``: read everything,
   not the server's default cap);
-- a list longer than the server takes in one request (``max_client_batch_size`` in its ``GET /info``, read once)
-  goes as several requests, and the results are merged back into one ranking with the caller's indices;
+- a list longer than the server takes in one request (``max_client_batch_size`` in its ``GET /info``, asked
+  until it answers 200) goes as several requests, and the results are merged back into one ranking with the
+  caller's indices;
 - one call never outlives its ``timeout``: 429 and 503 answers are retried after their ``Retry-After`` (twice, as
   the Cohere SDK does) only while that fits in what is left of it, and the server is told the time left
   (``X-Request-Timeout``);
@@ -73,9 +74,10 @@ class RemoteReranker:
         if not documents:
             return []
         deadline = time.monotonic() + self.timeout
-        if self._per_request == _UNKNOWN:
-            self._per_request = _documents_per_request(self._get_sync("/info", deadline), self.base_url)
-        parts = _parts(len(documents), self._per_request)
+        limit = self._per_request
+        if limit == _UNKNOWN:
+            limit = self._learn_limit(self._get_sync("/info", deadline))
+        parts = _parts(len(documents), limit)
         sent = _given(options, overrides)
         results = []
         for start, end in parts:
@@ -92,10 +94,10 @@ class RemoteReranker:
             return []
         deadline = time.monotonic() + self.timeout
         async with httpx.AsyncClient(**self._async_options) as client:
-            if self._per_request == _UNKNOWN:
-                info = await self._get_async(client, "/info", deadline)
-                self._per_request = _documents_per_request(info, self.base_url)
-            parts = _parts(len(documents), self._per_request)
+            limit = self._per_request
+            if limit == _UNKNOWN:
+                limit = self._learn_limit(await self._get_async(client, "/info", deadline))
+            parts = _parts(len(documents), limit)
             sent = _given(options, overrides)
 
             async def part(start: int, end: int) -> list[RerankResult]:
@@ -121,6 +123,15 @@ class RemoteReranker:
 
     def close(self) -> None:
         self._sync.close()
+
+    def _learn_limit(self, info: httpx.Response) -> int | None:
+        """This call's documents per request, from the server's ``GET /info``; kept for later calls only when the
+        server answered it (a 503 while its model loads, a proxy's error page during a rollout: ask again next
+        call)."""
+        limit = _documents_per_request(info, self.base_url)
+        if info.status_code == 200:
+            self._per_request = limit
+        return limit
 
     # ------------------------------------------------------------------ HTTP, bounded by the call's deadline
 
