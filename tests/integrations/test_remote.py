@@ -281,3 +281,27 @@ async def test_an_info_answered_with_an_error_is_asked_again(stand_in):
     assert sorted(r.index for r in await client.arerank(QUERY, ["a", "b"])) == [0, 1]
     assert stand_in.seen == [info, post, info, post, post]
     client.close()
+
+
+@pytest.mark.parametrize(
+    ("top_k", "score_threshold", "error", "message"),
+    [(0, None, ValueError, r"top_k must be > 0, but got 0"), (-1, None, ValueError, r"top_k must be > 0, but got -1"),
+     ("2", None, TypeError, r"top_k must be a positive integer or None, but got '2'"),
+     (None, float("nan"), ValueError, r"score_threshold must be a number, not NaN")],
+    ids=["top_k=0", "top_k=-1", "top_k='2'", "threshold=NaN"],
+)
+async def test_top_k_and_score_threshold_are_checked_as_the_engine_does(stand_in, top_k, score_threshold, error,
+                                                                      message):
+    """Also where the list goes as several requests, whose parts the server never sees top_k for; nothing is sent."""
+    url = _url(stand_in)
+    stand_in.answers["/info"] = (200, {"Content-Type": "application/json"}, b'{"max_client_batch_size": 2}', 0)
+    stand_in.answers["/ettin/v1/rerank"] = (200, {"Content-Type": "application/json"}, _ranking(0), 0)
+    client = RemoteReranker(url)
+    with pytest.raises(error, match=message):
+        client.rerank(QUERY, ["a", "b", "c"], top_k, score_threshold=score_threshold)
+    with pytest.raises(error, match=message):
+        await client.arerank(QUERY, ["a", "b", "c"], top_k, score_threshold=score_threshold)
+    with pytest.raises(error, match=message):
+        client.rerank(QUERY, [], top_k, score_threshold=score_threshold)  # as the engine: even with no documents
+    assert stand_in.seen == []
+    client.close()

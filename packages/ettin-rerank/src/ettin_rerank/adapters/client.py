@@ -29,7 +29,7 @@ import httpx
 from ettin_rerank.errors import RemoteRerankError
 from ettin_rerank.options import RerankOptions
 from ettin_rerank.results import RerankResult, TextSpan, rank
-from ettin_rerank.validation import check_documents, check_encodable, check_query
+from ettin_rerank.validation import check_documents, check_encodable, check_query, check_threshold, check_top_k
 
 __all__ = ["RemoteRerankError", "RemoteReranker"]
 
@@ -70,7 +70,7 @@ class RemoteReranker:
                score_threshold: float | None = None, options: RerankOptions | None = None,
                **overrides: Any) -> list[RerankResult]:
         """As :meth:`ettin_rerank.Reranker.rerank`, computed by the server."""
-        documents = _checked(query, documents)
+        documents, top_k, score_threshold = _checked(query, documents, top_k, score_threshold)
         if not documents:
             return []
         deadline = time.monotonic() + self.timeout
@@ -89,7 +89,7 @@ class RemoteReranker:
                       score_threshold: float | None = None, options: RerankOptions | None = None,
                       **overrides: Any) -> list[RerankResult]:
         """As :meth:`ettin_rerank.Reranker.arerank`, computed by the server (split requests go concurrently)."""
-        documents = _checked(query, documents)
+        documents, top_k, score_threshold = _checked(query, documents, top_k, score_threshold)
         if not documents:
             return []
         deadline = time.monotonic() + self.timeout
@@ -212,13 +212,15 @@ class RemoteReranker:
         return RemoteRerankError(msg, url=url)
 
 
-def _checked(query: str, documents: Sequence[str]) -> list[str]:
-    """The checks the engine makes, made before anything is sent (same errors in remote mode)."""
+def _checked(query: str, documents: Sequence[str], top_k: int | None,
+             score_threshold: float | None) -> tuple[list[str], int | None, float | None]:
+    """The checks the engine makes, made before anything is sent (same errors in remote mode, split or not)."""
+    top_k, score_threshold = check_top_k(top_k), check_threshold(score_threshold)
     check_query(query)
     documents = check_documents(documents)
     check_encodable([query], lambda _: "query")
     check_encodable(documents, "documents")
-    return documents
+    return documents, top_k, score_threshold
 
 
 def _given(options: RerankOptions | None, overrides: dict[str, Any]) -> dict[str, Any]:
