@@ -155,7 +155,10 @@ class StandIn(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (the timeout tests)
+            pass
 
     def do_GET(self):
         self._answer()
@@ -304,4 +307,36 @@ async def test_top_k_and_score_threshold_are_checked_as_the_engine_does(stand_in
     with pytest.raises(error, match=message):
         client.rerank(QUERY, [], top_k, score_threshold=score_threshold)  # as the engine: even with no documents
     assert stand_in.seen == []
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("pairs", "error", "message"),
+    [("q a", TypeError, r"pairs must be a list of \(query, document\) tuples, but got str"),
+     ([("q", "a"), ("q",)], TypeError, r"pairs\[1\] must be a \(query, document\) pair"),
+     ([("q", "a"), (" ", "b")], ValueError, r"pairs\[1\]\[0\] must not be empty"),
+     ([("q", "a"), ("q", 7)], TypeError, r"pairs\[1\]\[1\] must be a string, but got int"),
+     ([("q", "a"), ("r", "\ud800")], ValueError, r"pairs\[1\]\[1\] is not valid Unicode")],
+    ids=["a string", "a single", "an empty query", "a number", "a lone surrogate"],
+)
+def test_score_pairs_checks_its_pairs_as_the_engine_does(stand_in, pairs, error, message):
+    client = RemoteReranker(_url(stand_in))
+    with pytest.raises(error, match=message):
+        client.score_pairs(pairs)
+    assert stand_in.seen == []
+    client.close()
+
+
+def test_score_pairs_of_several_queries_stays_within_one_timeout(stand_in):
+    """Two queries are two requests, but one call: the second gets what the first left of the timeout."""
+    url = _url(stand_in)
+    stand_in.answers["/info"] = (200, {"Content-Type": "application/json"}, b"{}", 0)
+    stand_in.answers["/ettin/v1/rerank"] = (200, {"Content-Type": "application/json"}, _ranking(0), 0.7)
+    client = RemoteReranker(url, timeout=1.0)
+    assert client.score_pairs([("q", "a")]) == [0.5]
+    start = time.monotonic()
+    with pytest.raises(RemoteRerankError, match=rf"server at {url}/ettin/v1/rerank did not answer within the "
+                       r"timeout of 1 s"):
+        client.score_pairs([("q", "a"), ("r", "b")])
+    assert time.monotonic() - start < 1.5
     client.close()

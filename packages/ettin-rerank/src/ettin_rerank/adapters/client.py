@@ -29,7 +29,14 @@ import httpx
 from ettin_rerank.errors import RemoteRerankError
 from ettin_rerank.options import RerankOptions
 from ettin_rerank.results import RerankResult, TextSpan, rank
-from ettin_rerank.validation import check_documents, check_encodable, check_query, check_threshold, check_top_k
+from ettin_rerank.validation import (
+    check_documents,
+    check_encodable,
+    check_pairs,
+    check_query,
+    check_threshold,
+    check_top_k,
+)
 
 __all__ = ["RemoteRerankError", "RemoteReranker"]
 
@@ -71,19 +78,8 @@ class RemoteReranker:
                **overrides: Any) -> list[RerankResult]:
         """As :meth:`ettin_rerank.Reranker.rerank`, computed by the server."""
         documents, top_k, score_threshold = _checked(query, documents, top_k, score_threshold)
-        if not documents:
-            return []
-        deadline = time.monotonic() + self.timeout
-        limit = self._per_request
-        if limit == _UNKNOWN:
-            limit = self._learn_limit(self._get_sync("/info", deadline))
-        parts = _parts(len(documents), limit)
-        sent = _given(options, overrides)
-        results = []
-        for start, end in parts:
-            body = _body(query, documents[start:end], top_k if len(parts) == 1 else None, score_threshold, sent)
-            results.extend(_shifted(_parse(self._post_sync(body, deadline), self._url(ROUTE), end - start), start))
-        return results if len(parts) == 1 else rank(results, top_k)
+        return self._ranked(query, documents, top_k, score_threshold, sent=_given(options, overrides),
+                            deadline=time.monotonic() + self.timeout)
 
     async def arerank(self, query: str, documents: Sequence[str], top_k: int | None = None, *,
                       score_threshold: float | None = None, options: RerankOptions | None = None,
@@ -111,15 +107,37 @@ class RemoteReranker:
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, options: RerankOptions | None = None,
                     **overrides: Any) -> list[float]:
-        """Scores of ``(query, document)`` pairs in input order (one request per distinct query)."""
-        by_query: dict[str, list[int]] = {}
-        for position, (query, _) in enumerate(pairs):
-            by_query.setdefault(query, []).append(position)
-        scores = [0.0] * len(pairs)
-        for query, positions in by_query.items():
-            for result in self.rerank(query, [pairs[p][1] for p in positions], options=options, **overrides):
-                scores[positions[result.index]] = result.score
+        """As :meth:`ettin_rerank.Reranker.score_pairs`: scores in input order (one request per distinct query,
+        all of them within one ``timeout``)."""
+        checked = check_pairs(pairs)
+        check_encodable(checked.queries, checked.query_name)
+        check_encodable([document for _, document in checked.items], checked.document_name)
+        sent = _given(options, overrides)
+        deadline = time.monotonic() + self.timeout
+        positions: list[list[int]] = [[] for _ in checked.queries]
+        for position, (query_number, _) in enumerate(checked.items):
+            positions[query_number].append(position)
+        scores = [0.0] * len(checked.items)
+        for query, owned in zip(checked.queries, positions, strict=True):
+            documents = [checked.items[position][1] for position in owned]
+            for result in self._ranked(query, documents, None, None, sent=sent, deadline=deadline):
+                scores[owned[result.index]] = result.score
         return scores
+
+    def _ranked(self, query: str, documents: list[str], top_k: int | None, score_threshold: float | None, *,
+                sent: dict[str, Any], deadline: float) -> list[RerankResult]:
+        """:meth:`rerank` of checked arguments, all of its requests done by ``deadline``."""
+        if not documents:
+            return []
+        limit = self._per_request
+        if limit == _UNKNOWN:
+            limit = self._learn_limit(self._get_sync("/info", deadline))
+        parts = _parts(len(documents), limit)
+        results = []
+        for start, end in parts:
+            body = _body(query, documents[start:end], top_k if len(parts) == 1 else None, score_threshold, sent)
+            results.extend(_shifted(_parse(self._post_sync(body, deadline), self._url(ROUTE), end - start), start))
+        return results if len(parts) == 1 else rank(results, top_k)
 
     def close(self) -> None:
         self._sync.close()
