@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server extra is not installed")
 
+from ettin_rerank.adapters import RemoteSpec
 from ettin_rerank.adapters.client import RemoteReranker
 from ettin_rerank.errors import RemoteRerankError
 from ettin_rerank.serving import ServerConfig
@@ -340,3 +342,14 @@ def test_score_pairs_of_several_queries_stays_within_one_timeout(stand_in):
         client.score_pairs([("q", "a"), ("r", "b")])
     assert time.monotonic() - start < 1.5
     client.close()
+
+
+@pytest.mark.parametrize("timeout", [True, "5", 0, -1.0, float("nan")], ids=repr)
+def test_a_timeout_that_is_not_seconds_is_refused_at_construction(timeout):
+    message = rf"timeout must be a number of seconds > 0, but got {re.escape(repr(timeout))}"
+    with pytest.raises(ValueError, match=message):
+        RemoteSpec("http://127.0.0.1:1", timeout=timeout)
+    with pytest.raises(ValueError, match=message):
+        EttinRanker(url="http://127.0.0.1:1", timeout=timeout)
+    with pytest.raises(ValueError, match=message):
+        RemoteReranker("http://127.0.0.1:1", timeout=timeout)

@@ -57,12 +57,7 @@ class RemoteReranker:
 
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 60.0,
                  max_retries: int = 2) -> None:
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            msg = f"base_url must be an http(s) URL such as 'http://127.0.0.1:8080', but got {base_url!r}"
-            raise ValueError(msg)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            msg = f"timeout must be a number of seconds > 0, but got {timeout!r}"
-            raise ValueError(msg)
+        check_server(base_url, timeout)
         self.base_url = base_url.rstrip("/")
         self.timeout = float(timeout)
         self.max_retries = max_retries
@@ -228,6 +223,17 @@ class RemoteReranker:
         else:
             msg = f"the ettin-rerank server at {url} gave no answer: {type(error).__name__}: {error}"
         return RemoteRerankError(msg, url=url)
+
+
+def check_server(base_url: Any, timeout: Any) -> None:
+    """Raise ``ValueError`` naming ``base_url`` unless it is an http(s) URL, ``timeout`` unless it is a number of
+    seconds > 0 (not a bool, not a string). :class:`RemoteReranker` and the adapters' ``RemoteSpec`` check with it."""
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        msg = f"base_url must be an http(s) URL such as 'http://127.0.0.1:8080', but got {base_url!r}"
+        raise ValueError(msg)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        msg = f"timeout must be a number of seconds > 0, but got {timeout!r}"
+        raise ValueError(msg)
 
 
 def _checked(query: str, documents: Sequence[str], top_k: int | None,
