@@ -141,7 +141,7 @@ class RemoteReranker:
         """This call's documents per request, from the server's ``GET /info``; kept for later calls only when the
         server answered it (a 503 while its model loads, a proxy's error page during a rollout: ask again next
         call)."""
-        limit = _documents_per_request(info, self.base_url)
+        limit = _documents_per_request(info)
         if info.status_code == 200:
             self._per_request = limit
         return limit
@@ -166,7 +166,8 @@ class RemoteReranker:
             raise self._no_answer(error, path) from error
 
     def _post_sync(self, body: dict[str, Any], deadline: float) -> httpx.Response:
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             remaining = self._remaining(deadline, ROUTE)
             try:
                 response = self._sync.post(ROUTE, json=body, timeout=remaining, headers=_time_left(remaining))
@@ -176,10 +177,11 @@ class RemoteReranker:
             if wait is None:
                 return response
             time.sleep(wait)
-        raise AssertionError  # unreachable: the last attempt always returns
+            attempt += 1
 
     async def _post_async(self, client: httpx.AsyncClient, body: dict[str, Any], deadline: float) -> httpx.Response:
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             remaining = self._remaining(deadline, ROUTE)
             try:
                 response = await client.post(ROUTE, json=body, timeout=remaining, headers=_time_left(remaining))
@@ -189,15 +191,18 @@ class RemoteReranker:
             if wait is None:
                 return response
             await asyncio.sleep(wait)
-        raise AssertionError  # unreachable: the last attempt always returns
+            attempt += 1
 
     def _remaining(self, deadline: float, path: str) -> float:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            url = self._url(path)
-            msg = f"the ettin-rerank server at {url} did not answer within the timeout of {self.timeout:g} s"
-            raise RemoteRerankError(msg, url=url)
+            raise self._timed_out(path)
         return remaining
+
+    def _timed_out(self, path: str) -> RemoteRerankError:
+        url = self._url(path)
+        return RemoteRerankError(f"the ettin-rerank server at {url} did not answer within the timeout of "
+                                 f"{self.timeout:g} s", url=url)
 
     def _retry_wait(self, response: httpx.Response, attempt: int, deadline: float) -> float | None:
         """Seconds to wait before trying again, ``None`` to keep this answer (it is not a 429/503, or it is the last
@@ -214,10 +219,10 @@ class RemoteReranker:
         return wait
 
     def _no_answer(self, error: httpx.HTTPError, path: str) -> RemoteRerankError:
-        url = self._url(path)
         if isinstance(error, httpx.TimeoutException):
-            msg = f"the ettin-rerank server at {url} did not answer within the timeout of {self.timeout:g} s"
-        elif isinstance(error, httpx.ConnectError):
+            return self._timed_out(path)
+        url = self._url(path)
+        if isinstance(error, httpx.ConnectError):
             msg = (f"could not connect to the ettin-rerank server at {url}: {error or type(error).__name__} "
                    "(is `ettin-rerank serve` running there?)")
         else:
@@ -249,10 +254,11 @@ def _checked(query: str, documents: Sequence[str], top_k: int | None,
 
 def _given(options: RerankOptions | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """The options to send: every field of ``options`` as set (``None`` included: ``max_tokens_per_doc=None`` means
-    "read everything"), then the keyword overrides that are not ``None`` (as the engine merges them). Without
-    ``options``, only the overrides: the server's defaults apply to the rest."""
-    base = options.as_dict() if options is not None else {}
-    return {**base, **{name: value for name, value in overrides.items() if value is not None}}
+    "read everything") with the keyword overrides merged in as the engine merges them. Without ``options``, only
+    the overrides that are not ``None``: the server's defaults apply to the rest."""
+    if options is None:
+        return {name: value for name, value in overrides.items() if value is not None}
+    return options.merged(overrides).as_dict()
 
 
 def _body(query: str, documents: list[str], top_k: int | None, score_threshold: float | None,
@@ -283,7 +289,7 @@ def _retry_after(response: httpx.Response) -> float:
         return 1.0
 
 
-def _documents_per_request(response: httpx.Response, base_url: str) -> int | None:
+def _documents_per_request(response: httpx.Response) -> int | None:
     """``max_client_batch_size`` from the server's ``GET /info`` (TEI's name), or ``None`` when it has none: then
     everything goes in one request, and an over-limit answer is reported as such."""
     if response.status_code != 200:
