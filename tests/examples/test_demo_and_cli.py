@@ -142,3 +142,19 @@ def test_loading_a_model_draws_no_bar_unless_verbose(tiny_checkpoint, tmp_path, 
     assert len(quiet.out.splitlines()) == 2 and quiet.err == ""
     assert main(["-v", "rerank", "where is the food", str(documents), "--model", str(tiny_checkpoint)]) == 0
     assert "Loading weights" in capsys.readouterr().err  # transformers' own bar, on request
+
+
+def test_build_untrained_takes_the_default_tokenizers_hub_id_when_given(tmp_path, monkeypatch):
+    """Only a missing --tokenizer needs the offline package; naming the hub id itself is a choice, not a mistake."""
+    import ettin_rerank.checkpoints
+
+    seen = {}
+
+    def build(folder, *, tokenizer, shape):
+        seen["tokenizer"] = tokenizer
+        return folder
+
+    monkeypatch.setattr(ettin_rerank.checkpoints, "build_untrained_checkpoint", build)
+    hub_id = ettin_rerank.checkpoints.DEFAULT_EMBEDDING_MODEL
+    assert main(["build-untrained", str(tmp_path / "ck"), "--tokenizer", hub_id]) == 0
+    assert seen == {"tokenizer": hub_id}

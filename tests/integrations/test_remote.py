@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import socket
 import threading
 import time
@@ -16,6 +17,8 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the server extra is not installed")
 
+from ettin_rerank.adapters import RemoteSpec
+from ettin_rerank.adapters.client import RemoteReranker
 from ettin_rerank.errors import RemoteRerankError
 from ettin_rerank.serving import ServerConfig
 from ettin_rerank.serving.server import BackgroundServer
@@ -154,7 +157,10 @@ class StandIn(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (the timeout tests)
+            pass
 
     def do_GET(self):
         self._answer()
@@ -244,3 +250,106 @@ def test_retries_never_outlive_the_callers_timeout(stand_in):
                        r"timeout of 1 s"):
         EttinRanker(url=url, timeout=1.0).run(query=QUERY, documents=[Document(content="a")])
     assert time.monotonic() - start < 2.5
+
+
+# ---------------------------------------------------------------- what the client asks and checks before sending
+
+
+def _ranking(*indices) -> bytes:
+    """A native route answer ranking the documents at ``indices`` (as a stand-in server gives it to every part)."""
+    window = {"token_start": 0, "token_end": 3, "char_start": 0, "char_end": 1}
+    rows = [{"index": i, "score": 0.5, "logit": 0.0, "num_tokens": 3, "num_windows": 1, "truncated": False,
+             "best_window": window} for i in indices]
+    return json.dumps({"results": rows}).encode()
+
+
+async def test_an_info_answered_with_an_error_is_asked_again(stand_in):
+    """A 503 on /info (a model still loading, a proxy mid-rollout) is not taken for "no limit" for good: the next
+    call asks again, and splits by the limit the server gives then (else: 413 for longer lists)."""
+    url = _url(stand_in)
+    stand_in.answers["/info"] = (503, {"Retry-After": "1"}, b'{"message": "the model is loading"}', 0)
+    stand_in.answers["/ettin/v1/rerank"] = (200, {"Content-Type": "application/json"}, _ranking(0), 0)
+    client = RemoteReranker(url)
+    assert [r.index for r in client.rerank(QUERY, ["a"])] == [0]
+    stand_in.answers["/info"] = (200, {"Content-Type": "application/json"}, b'{"max_client_batch_size": 1}', 0)
+    assert sorted(r.index for r in client.rerank(QUERY, ["a", "b"])) == [0, 1]  # one document per request
+    assert sorted(r.index for r in await client.arerank(QUERY, ["a", "b"])) == [0, 1]
+    info, post = ("GET", "/info"), ("POST", "/ettin/v1/rerank")
+    assert stand_in.seen == [info, post, info, post, post, post, post]  # /info kept once it answered 200
+    client.close()
+
+    stand_in.answers["/info"] = (503, {}, b"", 0)
+    stand_in.seen.clear()
+    client = RemoteReranker(url)
+    await client.arerank(QUERY, ["a"])
+    stand_in.answers["/info"] = (200, {"Content-Type": "application/json"}, b'{"max_client_batch_size": 1}', 0)
+    assert sorted(r.index for r in await client.arerank(QUERY, ["a", "b"])) == [0, 1]
+    assert stand_in.seen == [info, post, info, post, post]
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("top_k", "score_threshold", "error", "message"),
+    [(0, None, ValueError, r"top_k must be > 0, but got 0"), (-1, None, ValueError, r"top_k must be > 0, but got -1"),
+     ("2", None, TypeError, r"top_k must be a positive integer or None, but got '2'"),
+     (None, float("nan"), ValueError, r"score_threshold must be a number, not NaN")],
+    ids=["top_k=0", "top_k=-1", "top_k='2'", "threshold=NaN"],
+)
+async def test_top_k_and_score_threshold_are_checked_as_the_engine_does(stand_in, top_k, score_threshold, error,
+                                                                      message):
+    """Also where the list goes as several requests, whose parts the server never sees top_k for; nothing is sent."""
+    url = _url(stand_in)
+    stand_in.answers["/info"] = (200, {"Content-Type": "application/json"}, b'{"max_client_batch_size": 2}', 0)
+    stand_in.answers["/ettin/v1/rerank"] = (200, {"Content-Type": "application/json"}, _ranking(0), 0)
+    client = RemoteReranker(url)
+    with pytest.raises(error, match=message):
+        client.rerank(QUERY, ["a", "b", "c"], top_k, score_threshold=score_threshold)
+    with pytest.raises(error, match=message):
+        await client.arerank(QUERY, ["a", "b", "c"], top_k, score_threshold=score_threshold)
+    with pytest.raises(error, match=message):
+        client.rerank(QUERY, [], top_k, score_threshold=score_threshold)  # as the engine: even with no documents
+    assert stand_in.seen == []
+    client.close()
+
+
+@pytest.mark.parametrize(
+    ("pairs", "error", "message"),
+    [("q a", TypeError, r"pairs must be a list of \(query, document\) tuples, but got str"),
+     ([("q", "a"), ("q",)], TypeError, r"pairs\[1\] must be a \(query, document\) pair"),
+     ([("q", "a"), (" ", "b")], ValueError, r"pairs\[1\]\[0\] must not be empty"),
+     ([("q", "a"), ("q", 7)], TypeError, r"pairs\[1\]\[1\] must be a string, but got int"),
+     ([("q", "a"), ("r", "\ud800")], ValueError, r"pairs\[1\]\[1\] is not valid Unicode")],
+    ids=["a string", "a single", "an empty query", "a number", "a lone surrogate"],
+)
+def test_score_pairs_checks_its_pairs_as_the_engine_does(stand_in, pairs, error, message):
+    client = RemoteReranker(_url(stand_in))
+    with pytest.raises(error, match=message):
+        client.score_pairs(pairs)
+    assert stand_in.seen == []
+    client.close()
+
+
+def test_score_pairs_of_several_queries_stays_within_one_timeout(stand_in):
+    """Two queries are two requests, but one call: the second gets what the first left of the timeout."""
+    url = _url(stand_in)
+    stand_in.answers["/info"] = (200, {"Content-Type": "application/json"}, b"{}", 0)
+    stand_in.answers["/ettin/v1/rerank"] = (200, {"Content-Type": "application/json"}, _ranking(0), 0.7)
+    client = RemoteReranker(url, timeout=1.0)
+    assert client.score_pairs([("q", "a")]) == [0.5]
+    start = time.monotonic()
+    with pytest.raises(RemoteRerankError, match=rf"server at {url}/ettin/v1/rerank did not answer within the "
+                       r"timeout of 1 s"):
+        client.score_pairs([("q", "a"), ("r", "b")])
+    assert time.monotonic() - start < 1.5
+    client.close()
+
+
+@pytest.mark.parametrize("timeout", [True, "5", 0, -1.0, float("nan")], ids=repr)
+def test_a_timeout_that_is_not_seconds_is_refused_at_construction(timeout):
+    message = rf"timeout must be a number of seconds > 0, but got {re.escape(repr(timeout))}"
+    with pytest.raises(ValueError, match=message):
+        RemoteSpec("http://127.0.0.1:1", timeout=timeout)
+    with pytest.raises(ValueError, match=message):
+        EttinRanker(url="http://127.0.0.1:1", timeout=timeout)
+    with pytest.raises(ValueError, match=message):
+        RemoteReranker("http://127.0.0.1:1", timeout=timeout)

@@ -30,19 +30,17 @@ API_KEY_ENV = "ETTIN_API_KEY"
 
 @dataclass(frozen=True)
 class RemoteSpec:
-    """An ettin-rerank server to send the work to (``ettin-rerank serve``); ``timeout`` bounds each call in all."""
+    """An ettin-rerank server to send the work to (``ettin-rerank serve``); ``timeout`` bounds each call in all.
+    Checked as :class:`~ettin_rerank.adapters.client.RemoteReranker` checks them (building one imports httpx)."""
 
     base_url: str
     api_key: str | None = field(default=None, repr=False)
     timeout: float = 60.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.base_url, str) or not self.base_url.startswith(("http://", "https://")):
-            msg = f"base_url must be an http(s) URL such as 'http://127.0.0.1:8080', but got {self.base_url!r}"
-            raise ValueError(msg)
-        if not self.timeout > 0:
-            msg = f"timeout must be > 0, but got {self.timeout!r}"
-            raise ValueError(msg)
+        from ettin_rerank.adapters.client import check_server  # the client's own checks (it imports httpx)
+
+        check_server(self.base_url, self.timeout)
 
 
 def open_backend(spec: EngineArgs | RemoteSpec) -> Backend:

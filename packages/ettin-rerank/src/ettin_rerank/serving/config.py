@@ -6,11 +6,12 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 
+from ettin_rerank.adapters.backend import API_KEY_ENV
 from ettin_rerank.args import EngineArgs
 from ettin_rerank.options import ADAPTER_MAX_TOKENS_PER_DOC
 from ettin_rerank.validation import check_count
 
-API_KEY_ENV = "ETTIN_API_KEY"
+__all__ = ["API_KEY_ENV", "ServerConfig"]
 
 
 @dataclass(frozen=True)
