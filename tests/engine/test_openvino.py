@@ -232,3 +232,34 @@ def test_the_default_runtime_comes_from_the_measurements_of_this_cpu_kind(monkey
     assert engine_device.resolve_runtime(None, None, cpu) == "openvino"
     assert engine_device.resolve_runtime("torch", None, cpu) == "torch", "an explicit runtime wins"
     assert engine_device.resolve_runtime(None, "int8", cpu) == "openvino"
+
+
+@needs_openvino
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_where_openvino_is_only_the_default_a_classic_cross_encoder_runs_pytorch(classic_checkpoint, monkeypatch,
+                                                                                 caplog, dtype):
+    """README: "other cross-encoders say so and run on PyTorch". On a CPU whose measured default is OpenVINO,
+    ``Reranker(classic)`` runs PyTorch (said at INFO), with ``runtime="torch"``'s scores; asking for OpenVINO by
+    name still raises (see above)."""
+    monkeypatch.delenv("ETTIN_RERANK_RUNTIME", raising=False)
+    monkeypatch.setattr(engine_device, "cpu_kind", lambda: "avx2")
+    with caplog.at_level(logging.INFO, logger="ettin_rerank"):
+        engine = Reranker(classic_checkpoint, device="cpu", dtype=dtype)
+    assert engine.runtime == "torch" and engine.attention == "sdpa"
+    assert any("ModernBERT" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+    torch_engine = Reranker(classic_checkpoint, device="cpu", dtype=dtype, runtime="torch")
+    pair = ["a gene", "pasta"]
+    assert engine.score(QUERY, pair) == torch_engine.score(QUERY, pair)
+    assert engine._cross_encoder[0].model.dtype == torch_engine._cross_encoder[0].model.dtype
+
+
+@needs_openvino
+def test_where_openvino_is_only_the_default_a_torch_attention_runs_pytorch(tiny_checkpoint, monkeypatch):
+    """A torch attention backend asked for with the default runtime is PyTorch's to accept or refuse (on a CPU only
+    ``sdpa`` is usable), not an OpenVINO error; ``runtime="openvino"`` by name still refuses it."""
+    monkeypatch.delenv("ETTIN_RERANK_RUNTIME", raising=False)
+    monkeypatch.setattr(engine_device, "cpu_kind", lambda: "avx2")
+    with pytest.raises(ValueError, match=r"attention='varlen' is not usable with device=cpu.*\['sdpa'\]"):
+        Reranker(tiny_checkpoint, device="cpu", attention="varlen")
+    with pytest.raises(ValueError, match="runtime='openvino' has its own attention"):
+        Reranker(tiny_checkpoint, device="cpu", runtime="openvino", attention="varlen")

@@ -124,9 +124,16 @@ def cpu_kind() -> str:
     return "other"
 
 
+def runtime_was_asked_for(runtime: str | None, precision: str | None) -> bool:
+    """Whether the runtime was chosen (``runtime``, ``precision="int8"`` or ``$ETTIN_RERANK_RUNTIME``) rather than
+    left to this CPU kind's measured default, which gives way to PyTorch for a model or attention backend OpenVINO
+    does not run."""
+    return runtime is not None or precision == "int8" or bool(os.environ.get(RUNTIME_ENV, "").strip())
+
+
 def resolve_runtime(runtime: str | None, precision: str | None, device: torch.device) -> str:
     """``runtime`` if given (OpenVINO only on CPU), else ``$ETTIN_RERANK_RUNTIME`` if set, else the measured default
-    for this CPU kind if installed."""
+    for this CPU kind if installed (see :func:`runtime_was_asked_for`)."""
     from ettin_rerank.engine.openvino_runtime import INSTALL_HINT, openvino_available
 
     if runtime is None and device.type == "cpu" and os.environ.get(RUNTIME_ENV, "").strip():
