@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from ettin_rerank import Reranker
 from ettin_rerank.engine import device as engine_device
 from ettin_rerank.engine import openvino_runtime
@@ -263,3 +264,16 @@ def test_where_openvino_is_only_the_default_a_torch_attention_runs_pytorch(tiny_
         Reranker(tiny_checkpoint, device="cpu", attention="varlen")
     with pytest.raises(ValueError, match="runtime='openvino' has its own attention"):
         Reranker(tiny_checkpoint, device="cpu", runtime="openvino", attention="varlen")
+
+
+@needs_openvino
+def test_a_bfloat16_load_does_not_leave_bfloat16_weights_in_the_float32_entry(wide_checkpoint, exact, wide_texts,
+                                                                              tmp_path, monkeypatch):
+    """dtype is OpenVINO's inference precision; the converted entry (one per checkpoint) holds the float32 weights
+    whichever dtype converted it, so a later float32 load scores as PyTorch does in float32."""
+    monkeypatch.setenv("ETTIN_RERANK_CACHE", str(tmp_path))
+    first = Reranker(wide_checkpoint, device="cpu", dtype="bfloat16", runtime="openvino")
+    assert first.dtype == torch.bfloat16 and "dtype='bfloat16'" in repr(first)
+    second = Reranker(wide_checkpoint, device="cpu", dtype="float32", runtime="openvino")
+    assert second._scorer.path == first._scorer.path, "one entry: read, not converted again"
+    assert np.allclose(second.score(QUERY, wide_texts), exact.score(QUERY, wide_texts), atol=1e-4, rtol=1e-5)

@@ -17,7 +17,6 @@ not exact; its rank agreement is measured in ``benchmarks/bench.py --suites peer
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -42,8 +41,9 @@ from ettin_rerank.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-EXPORT_VERSION = 2
-"""Bumped whenever :class:`PaddedEncoder` or a cache entry's layout changes (old entries are then not read)."""
+EXPORT_VERSION = 3
+"""Bumped whenever :class:`PaddedEncoder` or a cache entry's layout changes, or entries written before may be wrong
+(old entries are then not read). 3: a float32 entry converted from a bfloat16 load held bfloat16-rounded weights."""
 MANIFEST = "entry.json"
 """A cache entry's record of its files (size and CRC-32 each), written last, checked on every load."""
 LEFTOVER_AGE_S = 3600
@@ -97,7 +97,8 @@ class OpenVINOScorer:
     """Scores windows with the checkpoint's encoder compiled by OpenVINO for this CPU, then the float32 head.
 
     Args:
-        cross_encoder: The loaded checkpoint (ModernBERT layouts only, as :class:`PackedModernBertScorer`).
+        cross_encoder: The loaded checkpoint, in float32 (ModernBERT layouts only, as
+            :class:`PackedModernBertScorer`).
         model_path: Its folder (the cache key).
         dtype: Inference precision (float32, bfloat16 or float16).
         threads: The engine's thread governor: how many threads each batch may use (fewer under contention).
@@ -117,6 +118,10 @@ class OpenVINOScorer:
                    "ModernBertForSequenceClassification); this model runs on runtime='torch'")
             raise ValueError(msg)
         encoder, pooling, self._head = encoder_pooling_head(cross_encoder)
+        if any(p.dtype != torch.float32 for p in encoder.parameters()):
+            msg = ("runtime='openvino' converts the checkpoint's float32 weights (dtype is OpenVINO's inference "
+                   "precision): load the cross-encoder in float32")
+            raise ValueError(msg)
         self._pad_id = pad_id
         self.int8 = calibration is not None
         core = ov.Core()
@@ -146,8 +151,6 @@ class OpenVINOScorer:
     def _convert(self, ov, encoder, pooling: str) -> object:
         """The encoder and pooling as an OpenVINO model (float32 weights; the precision is a compile hint)."""
         logger.info("OpenVINO: converting the checkpoint once (kept in %s)", cache_root())
-        if any(p.dtype != torch.float32 for p in encoder.parameters()):
-            encoder = copy.deepcopy(encoder).float()
         module = PaddedEncoder(encoder, pooling).eval()
         example = pad_batch([[self._pad_id + 1] * 20, [self._pad_id + 1] * 9])
         with torch.no_grad():  # tracing first is ~10x faster than handing OpenVINO the module (5 s vs 50 s, 17m)

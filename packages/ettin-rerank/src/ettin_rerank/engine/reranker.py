@@ -171,13 +171,16 @@ class Reranker:
         if measured_default and args.attention not in (None, "sdpa"):
             self._run_pytorch_instead(f"attention={args.attention!r} is a PyTorch backend")
         self._scorer: Scorer | None
+        # OpenVINO converts the float32 weights (self.dtype is its inference precision); PyTorch runs them in dtype
+        weights_dtype = torch.float32 if self.runtime == "openvino" else self.dtype
         with self._cpu_threads():  # loading runs parallel ops too: on the CPUs the engine may use
             self._cross_encoder = load_cross_encoder(
-                self.model_path, device=self.device, dtype=self.dtype, trust_remote_code=args.trust_remote_code
+                self.model_path, device=self.device, dtype=weights_dtype, trust_remote_code=args.trust_remote_code
             )
             if (measured_default and self.runtime == "openvino"
                     and not PackedModernBertScorer.supports(self._cross_encoder)):
                 self._run_pytorch_instead("OpenVINO runs ModernBERT checkpoints, not this model")
+                self._cross_encoder.to(self.dtype)
             self.model_max_length = int(self._cross_encoder.max_seq_length or 512)
             self.calibration = load_calibration(self.model_path)
             self._pair_tokenizer = PairTokenizer(self._cross_encoder.tokenizer)
