@@ -277,3 +277,18 @@ def test_a_bfloat16_load_does_not_leave_bfloat16_weights_in_the_float32_entry(wi
     second = Reranker(wide_checkpoint, device="cpu", dtype="float32", runtime="openvino")
     assert second._scorer.path == first._scorer.path, "one entry: read, not converted again"
     assert np.allclose(second.score(QUERY, wide_texts), exact.score(QUERY, wide_texts), atol=1e-4, rtol=1e-5)
+
+
+def test_avx512_without_native_bfloat16_is_its_own_kind_and_runs_pytorch(monkeypatch):
+    """Skylake-SP to Ice Lake (AVX-512, no BF16, no AMX) have no measurement: PyTorch, not AVX2's OpenVINO."""
+    cpu = engine_device.torch.device("cpu")
+    monkeypatch.delenv("ETTIN_RERANK_RUNTIME", raising=False)
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    kinds = {"AVX512": "avx512", "AVX2": "avx2", "DEFAULT": "other"}
+    for capability, kind in kinds.items():
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda capability=capability: capability)
+        assert engine_device.cpu_kind() == kind
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert "avx512" not in engine_device.KIND_DEFAULTS
+    assert engine_device.resolve_runtime(None, None, cpu) == "torch"

@@ -114,12 +114,16 @@ KIND_DEFAULTS: dict[str, KindDefault] = {
 
 
 def cpu_kind() -> str:
-    """``"amx"`` (AMX tiles), ``"avx512_bf16"`` (AVX-512 with native bf16), ``"avx2"`` or ``"other"``."""
+    """``"amx"`` (AMX tiles), ``"avx512_bf16"`` (AVX-512 with native bf16), ``"avx512"`` (AVX-512 without it:
+    Skylake-SP to Ice Lake), ``"avx2"`` or ``"other"``."""
     if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
         return "amx"
     if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
         return "avx512_bf16"
-    if torch.backends.cpu.get_cpu_capability().startswith(("AVX2", "AVX512")):
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability.startswith("AVX512"):
+        return "avx512"
+    if capability.startswith("AVX2"):
         return "avx2"
     return "other"
 
