@@ -292,3 +292,19 @@ def test_avx512_without_native_bfloat16_is_its_own_kind_and_runs_pytorch(monkeyp
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert "avx512" not in engine_device.KIND_DEFAULTS
     assert engine_device.resolve_runtime(None, None, cpu) == "torch"
+
+
+def test_calibrating_a_model_does_not_convert_it_again(tiny_checkpoint, tmp_path):
+    """``ettin-rerank calibrate`` writes calibration.json into the model folder: the encoder is unchanged, so is
+    its cache key; any other file changed is a new key."""
+    import shutil
+
+    from ettin_rerank.engine.activation import CALIBRATION_FILE
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, folder)
+    before = openvino_runtime._cache_key(folder, int8=False)
+    (folder / CALIBRATION_FILE).write_text('{"factor": 1.0}')
+    assert openvino_runtime._cache_key(folder, int8=False) == before
+    (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")
+    assert openvino_runtime._cache_key(folder, int8=False) != before

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from ettin_rerank.engine.activation import CALIBRATION_FILE
 from ettin_rerank.engine.export import PaddedEncoder, pad_batch
 from ettin_rerank.engine.scorers import PackedModernBertScorer, encoder_pooling_head
 from ettin_rerank.engine.threads import ThreadGovernor
@@ -75,9 +77,19 @@ def cache_root() -> Path:
 
 
 def _cache_key(model_path: Path, int8: bool) -> str:
-    """Identifies a conversion: the checkpoint's files (path, size, modification time) and the versions used."""
-    files = sorted(p for p in Path(model_path).rglob("*") if p.is_file() and not p.name.startswith("."))
-    stats = [(str(p.relative_to(model_path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+    """Identifies a conversion: the checkpoint's files (path, size, modification time; not the calibration that
+    ``ettin-rerank calibrate`` writes beside them, which leaves the encoder as it was) and the versions used."""
+    stats = []
+    for path in sorted(Path(model_path).rglob("*")):
+        relative = str(path.relative_to(model_path))
+        if path.name.startswith(".") or relative == CALIBRATION_FILE:
+            continue
+        try:
+            info = path.stat()
+        except OSError:  # a broken link
+            continue
+        if stat.S_ISREG(info.st_mode):
+            stats.append((relative, info.st_size, info.st_mtime_ns))
     versions = {name: _version(name) for name in ("openvino", "torch", "transformers", "nncf" if int8 else "")}
     blob = json.dumps({"path": str(Path(model_path).resolve()), "files": stats, "versions": versions,
                        "export": EXPORT_VERSION, "int8": int8}, sort_keys=True)
