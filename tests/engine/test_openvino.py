@@ -308,3 +308,10 @@ def test_calibrating_a_model_does_not_convert_it_again(tiny_checkpoint, tmp_path
     assert openvino_runtime._cache_key(folder, int8=False) == before
     (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")
     assert openvino_runtime._cache_key(folder, int8=False) != before
+
+
+def test_openvino_compiles_a_few_thread_counts_not_one_per_count():
+    """Each count the governor picks is one OpenVINO compile: rounded down to max, max/2, max/4, ..., 1."""
+    assert [openvino_runtime.compiled_threads(t, 2) for t in (1, 2)] == [1, 2], "2 cores: as the governor says"
+    assert {openvino_runtime.compiled_threads(t, 64) for t in range(1, 65)} == {64, 32, 16, 8, 4, 2, 1}
+    assert [openvino_runtime.compiled_threads(t, 6) for t in range(1, 7)] == [1, 1, 3, 3, 3, 6]

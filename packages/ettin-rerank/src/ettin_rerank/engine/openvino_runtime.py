@@ -105,6 +105,16 @@ def _version(name: str) -> str | None:
         return None
 
 
+def compiled_threads(threads: int, max_threads: int) -> int:
+    """The thread count to run ``threads`` on: the largest of ``max_threads``, ``max_threads // 2``,
+    ``max_threads // 4``, ..., 1 that is at most ``threads``, so that a busy machine compiles at most
+    log2(``max_threads``) + 1 models (each compile runs on the scoring path), not one per count."""
+    count = max_threads
+    while count > threads and count > 1:
+        count //= 2
+    return count
+
+
 class OpenVINOScorer:
     """Scores windows with the checkpoint's encoder compiled by OpenVINO for this CPU, then the float32 head.
 
@@ -148,8 +158,8 @@ class OpenVINOScorer:
         self._local = threading.local()
 
     def _compiled_for(self, threads: int) -> object:
-        """The model compiled for ``threads`` threads (OpenVINO fixes the count at compile time; the count the
-        thread governor asks for under contention is compiled on first use, then kept)."""
+        """The model compiled for ``threads`` threads (OpenVINO fixes the count at compile time; each count
+        :func:`compiled_threads` gives under contention is compiled on first use, then kept)."""
         compiled = self._compiled.get(threads)
         if compiled is None:
             with self._compile_lock:
@@ -171,7 +181,7 @@ class OpenVINOScorer:
         return ov.convert_model(traced, example_input=example, input=inputs)
 
     def __call__(self, windows: list[Window]) -> torch.Tensor:
-        threads = self._threads.choose()
+        threads = compiled_threads(self._threads.choose(), self._threads.max_threads)
         requests = getattr(self._local, "requests", None)
         if requests is None:  # infer requests per calling thread: the engine is shared between threads
             requests = self._local.requests = {}
