@@ -48,9 +48,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX on x86 (the checks PyTorch itself exposes)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    """AVX-512 BF16 or AMX on x86 (the checks PyTorch itself exposes, as :func:`cpu_kind`)."""
+    return cpu_kind() in {"amx", "avx512_bf16"}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -68,7 +67,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def cpu_capability() -> dict[str, object]:
     """What this CPU offers the engine: PyTorch's vector ISA (``AVX2``, ``AVX512``...), native bfloat16 (AVX-512
     BF16 / AMX) and the model name, recorded with every benchmark result (CPUs differ between machines)."""
-    import os
     import platform
 
     model = platform.processor() or platform.machine()

@@ -18,6 +18,7 @@ not exact; its rank agreement is measured in ``benchmarks/bench.py --suites peer
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -90,15 +91,14 @@ def _cache_key(model_path: Path, int8: bool) -> str:
             continue
         if stat.S_ISREG(info.st_mode):
             stats.append((relative, info.st_size, info.st_mtime_ns))
-    versions = {name: _version(name) for name in ("openvino", "torch", "transformers", "nncf" if int8 else "")}
+    names = ("openvino", "torch", "transformers", *(("nncf",) if int8 else ()))
+    versions = {name: _version(name) for name in names}
     blob = json.dumps({"path": str(Path(model_path).resolve()), "files": stats, "versions": versions,
                        "export": EXPORT_VERSION, "int8": int8}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def _version(name: str) -> str | None:
-    if not name:
-        return None
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
@@ -145,7 +145,6 @@ class OpenVINOScorer:
                    "precision): load the cross-encoder in float32")
             raise ValueError(msg)
         self._pad_id = pad_id
-        self.int8 = calibration is not None
         core = ov.Core()
         model, entry = _cached_model(ov, core, model_path, lambda: self._convert(ov, encoder, pooling),
                                           calibration)
@@ -330,14 +329,12 @@ def calibration_batches(tokenizer, max_length: int, count: int = 48,
     lines = resources.files("ettin_rerank").joinpath("data/demo_corpus.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in lines.splitlines() if line.strip()]
     documents = tokenizer.encode_documents([r["text"] for r in rows])
+    pairs = ((step, number, row) for step in range(len(rows)) for number, row in enumerate(rows))
     windows = []
-    for step in range(len(rows)):
-        for number, row in enumerate(rows):
-            if len(windows) == count:
-                break
-            query = tokenizer.encode_query(row["title"])[: max_length // 2]
-            room = max(1, max_length - len(query) - tokenizer.template.num_special)
-            ids = documents[(number + 7 * step) % len(documents)].ids[:room]
-            windows.append(tokenizer.build(0, query, ids, 0, len(ids)).input_ids)
+    for step, number, row in itertools.islice(pairs, count):
+        query = tokenizer.encode_query(row["title"])[: max_length // 2]
+        room = max(1, max_length - len(query) - tokenizer.template.num_special)
+        ids = documents[(number + 7 * step) % len(documents)].ids[:room]
+        windows.append(tokenizer.build(0, query, ids, 0, len(ids)).input_ids)
     longest = max(len(w) for w in windows)
     return [pad_batch(windows[i : i + batch], multiple=longest) for i in range(0, len(windows), batch)]
