@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from ettin_rerank import Reranker
 from ettin_rerank.engine import device as engine_device
 from ettin_rerank.engine import openvino_runtime
@@ -232,3 +233,85 @@ def test_the_default_runtime_comes_from_the_measurements_of_this_cpu_kind(monkey
     assert engine_device.resolve_runtime(None, None, cpu) == "openvino"
     assert engine_device.resolve_runtime("torch", None, cpu) == "torch", "an explicit runtime wins"
     assert engine_device.resolve_runtime(None, "int8", cpu) == "openvino"
+
+
+@needs_openvino
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_where_openvino_is_only_the_default_a_classic_cross_encoder_runs_pytorch(classic_checkpoint, monkeypatch,
+                                                                                 caplog, dtype):
+    """README: "other cross-encoders say so and run on PyTorch". On a CPU whose measured default is OpenVINO,
+    ``Reranker(classic)`` runs PyTorch (said at INFO), with ``runtime="torch"``'s scores; asking for OpenVINO by
+    name still raises (see above)."""
+    monkeypatch.delenv("ETTIN_RERANK_RUNTIME", raising=False)
+    monkeypatch.setattr(engine_device, "cpu_kind", lambda: "avx2")
+    with caplog.at_level(logging.INFO, logger="ettin_rerank"):
+        engine = Reranker(classic_checkpoint, device="cpu", dtype=dtype)
+    assert engine.runtime == "torch" and engine.attention == "sdpa"
+    assert any("ModernBERT" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+    torch_engine = Reranker(classic_checkpoint, device="cpu", dtype=dtype, runtime="torch")
+    pair = ["a gene", "pasta"]
+    assert engine.score(QUERY, pair) == torch_engine.score(QUERY, pair)
+    assert engine._cross_encoder[0].model.dtype == torch_engine._cross_encoder[0].model.dtype
+
+
+@needs_openvino
+def test_where_openvino_is_only_the_default_a_torch_attention_runs_pytorch(tiny_checkpoint, monkeypatch):
+    """A torch attention backend asked for with the default runtime is PyTorch's to accept or refuse (on a CPU only
+    ``sdpa`` is usable), not an OpenVINO error; ``runtime="openvino"`` by name still refuses it."""
+    monkeypatch.delenv("ETTIN_RERANK_RUNTIME", raising=False)
+    monkeypatch.setattr(engine_device, "cpu_kind", lambda: "avx2")
+    with pytest.raises(ValueError, match=r"attention='varlen' is not usable with device=cpu.*\['sdpa'\]"):
+        Reranker(tiny_checkpoint, device="cpu", attention="varlen")
+    with pytest.raises(ValueError, match="runtime='openvino' has its own attention"):
+        Reranker(tiny_checkpoint, device="cpu", runtime="openvino", attention="varlen")
+
+
+@needs_openvino
+def test_a_bfloat16_load_does_not_leave_bfloat16_weights_in_the_float32_entry(wide_checkpoint, exact, wide_texts,
+                                                                              tmp_path, monkeypatch):
+    """dtype is OpenVINO's inference precision; the converted entry (one per checkpoint) holds the float32 weights
+    whichever dtype converted it, so a later float32 load scores as PyTorch does in float32."""
+    monkeypatch.setenv("ETTIN_RERANK_CACHE", str(tmp_path))
+    first = Reranker(wide_checkpoint, device="cpu", dtype="bfloat16", runtime="openvino")
+    assert first.dtype == torch.bfloat16 and "dtype='bfloat16'" in repr(first)
+    second = Reranker(wide_checkpoint, device="cpu", dtype="float32", runtime="openvino")
+    assert second._scorer.path == first._scorer.path, "one entry: read, not converted again"
+    assert np.allclose(second.score(QUERY, wide_texts), exact.score(QUERY, wide_texts), atol=1e-4, rtol=1e-5)
+
+
+def test_avx512_without_native_bfloat16_is_its_own_kind_and_runs_pytorch(monkeypatch):
+    """Skylake-SP to Ice Lake (AVX-512, no BF16, no AMX) have no measurement: PyTorch, not AVX2's OpenVINO."""
+    cpu = engine_device.torch.device("cpu")
+    monkeypatch.delenv("ETTIN_RERANK_RUNTIME", raising=False)
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    kinds = {"AVX512": "avx512", "AVX2": "avx2", "DEFAULT": "other"}
+    for capability, kind in kinds.items():
+        monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda capability=capability: capability)
+        assert engine_device.cpu_kind() == kind
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    assert "avx512" not in engine_device.KIND_DEFAULTS
+    assert engine_device.resolve_runtime(None, None, cpu) == "torch"
+
+
+def test_calibrating_a_model_does_not_convert_it_again(tiny_checkpoint, tmp_path):
+    """``ettin-rerank calibrate`` writes calibration.json into the model folder: the encoder is unchanged, so is
+    its cache key; any other file changed is a new key."""
+    import shutil
+
+    from ettin_rerank.engine.activation import CALIBRATION_FILE
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint, folder)
+    before = openvino_runtime._cache_key(folder, int8=False)
+    (folder / CALIBRATION_FILE).write_text('{"factor": 1.0}')
+    assert openvino_runtime._cache_key(folder, int8=False) == before
+    (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")
+    assert openvino_runtime._cache_key(folder, int8=False) != before
+
+
+def test_openvino_compiles_a_few_thread_counts_not_one_per_count():
+    """Each count the governor picks is one OpenVINO compile: rounded down to max, max/2, max/4, ..., 1."""
+    assert [openvino_runtime.compiled_threads(t, 2) for t in (1, 2)] == [1, 2], "2 cores: as the governor says"
+    assert {openvino_runtime.compiled_threads(t, 64) for t in range(1, 65)} == {64, 32, 16, 8, 4, 2, 1}
+    assert [openvino_runtime.compiled_threads(t, 6) for t in range(1, 7)] == [1, 1, 3, 3, 3, 6]

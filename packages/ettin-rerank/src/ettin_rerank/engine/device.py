@@ -48,9 +48,8 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 
 def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX on x86 (the checks PyTorch itself exposes)."""
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    """AVX-512 BF16 or AMX on x86 (the checks PyTorch itself exposes, as :func:`cpu_kind`)."""
+    return cpu_kind() in {"amx", "avx512_bf16"}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
@@ -68,7 +67,6 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
 def cpu_capability() -> dict[str, object]:
     """What this CPU offers the engine: PyTorch's vector ISA (``AVX2``, ``AVX512``...), native bfloat16 (AVX-512
     BF16 / AMX) and the model name, recorded with every benchmark result (CPUs differ between machines)."""
-    import os
     import platform
 
     model = platform.processor() or platform.machine()
@@ -114,19 +112,30 @@ KIND_DEFAULTS: dict[str, KindDefault] = {
 
 
 def cpu_kind() -> str:
-    """``"amx"`` (AMX tiles), ``"avx512_bf16"`` (AVX-512 with native bf16), ``"avx2"`` or ``"other"``."""
+    """``"amx"`` (AMX tiles), ``"avx512_bf16"`` (AVX-512 with native bf16), ``"avx512"`` (AVX-512 without it:
+    Skylake-SP to Ice Lake), ``"avx2"`` or ``"other"``."""
     if getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)():
         return "amx"
     if getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)():
         return "avx512_bf16"
-    if torch.backends.cpu.get_cpu_capability().startswith(("AVX2", "AVX512")):
+    capability = torch.backends.cpu.get_cpu_capability()
+    if capability.startswith("AVX512"):
+        return "avx512"
+    if capability.startswith("AVX2"):
         return "avx2"
     return "other"
 
 
+def runtime_was_asked_for(runtime: str | None, precision: str | None) -> bool:
+    """Whether the runtime was chosen (``runtime``, ``precision="int8"`` or ``$ETTIN_RERANK_RUNTIME``) rather than
+    left to this CPU kind's measured default, which gives way to PyTorch for a model or attention backend OpenVINO
+    does not run."""
+    return runtime is not None or precision == "int8" or bool(os.environ.get(RUNTIME_ENV, "").strip())
+
+
 def resolve_runtime(runtime: str | None, precision: str | None, device: torch.device) -> str:
     """``runtime`` if given (OpenVINO only on CPU), else ``$ETTIN_RERANK_RUNTIME`` if set, else the measured default
-    for this CPU kind if installed."""
+    for this CPU kind if installed (see :func:`runtime_was_asked_for`)."""
     from ettin_rerank.engine.openvino_runtime import INSTALL_HINT, openvino_available
 
     if runtime is None and device.type == "cpu" and os.environ.get(RUNTIME_ENV, "").strip():

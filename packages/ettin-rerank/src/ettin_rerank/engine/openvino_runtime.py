@@ -17,12 +17,13 @@ not exact; its rank agreement is measured in ``benchmarks/bench.py --suites peer
 
 from __future__ import annotations
 
-import copy
 import hashlib
+import itertools
 import json
 import logging
 import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from ettin_rerank.engine.activation import CALIBRATION_FILE
 from ettin_rerank.engine.export import PaddedEncoder, pad_batch
 from ettin_rerank.engine.scorers import PackedModernBertScorer, encoder_pooling_head
 from ettin_rerank.engine.threads import ThreadGovernor
@@ -42,8 +44,9 @@ from ettin_rerank.errors import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-EXPORT_VERSION = 2
-"""Bumped whenever :class:`PaddedEncoder` or a cache entry's layout changes (old entries are then not read)."""
+EXPORT_VERSION = 3
+"""Bumped whenever :class:`PaddedEncoder` or a cache entry's layout changes, or entries written before may be wrong
+(old entries are then not read). 3: a float32 entry converted from a bfloat16 load held bfloat16-rounded weights."""
 MANIFEST = "entry.json"
 """A cache entry's record of its files (size and CRC-32 each), written last, checked on every load."""
 LEFTOVER_AGE_S = 3600
@@ -75,29 +78,49 @@ def cache_root() -> Path:
 
 
 def _cache_key(model_path: Path, int8: bool) -> str:
-    """Identifies a conversion: the checkpoint's files (path, size, modification time) and the versions used."""
-    files = sorted(p for p in Path(model_path).rglob("*") if p.is_file() and not p.name.startswith("."))
-    stats = [(str(p.relative_to(model_path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
-    versions = {name: _version(name) for name in ("openvino", "torch", "transformers", "nncf" if int8 else "")}
+    """Identifies a conversion: the checkpoint's files (path, size, modification time; not the calibration that
+    ``ettin-rerank calibrate`` writes beside them, which leaves the encoder as it was) and the versions used."""
+    stats = []
+    for path in sorted(Path(model_path).rglob("*")):
+        relative = str(path.relative_to(model_path))
+        if path.name.startswith(".") or relative == CALIBRATION_FILE:
+            continue
+        try:
+            info = path.stat()
+        except OSError:  # a broken link
+            continue
+        if stat.S_ISREG(info.st_mode):
+            stats.append((relative, info.st_size, info.st_mtime_ns))
+    names = ("openvino", "torch", "transformers", *(("nncf",) if int8 else ()))
+    versions = {name: _version(name) for name in names}
     blob = json.dumps({"path": str(Path(model_path).resolve()), "files": stats, "versions": versions,
                        "export": EXPORT_VERSION, "int8": int8}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
 def _version(name: str) -> str | None:
-    if not name:
-        return None
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
 
 
+def compiled_threads(threads: int, max_threads: int) -> int:
+    """The thread count to run ``threads`` on: the largest of ``max_threads``, ``max_threads // 2``,
+    ``max_threads // 4``, ..., 1 that is at most ``threads``, so that a busy machine compiles at most
+    log2(``max_threads``) + 1 models (each compile runs on the scoring path), not one per count."""
+    count = max_threads
+    while count > threads and count > 1:
+        count //= 2
+    return count
+
+
 class OpenVINOScorer:
     """Scores windows with the checkpoint's encoder compiled by OpenVINO for this CPU, then the float32 head.
 
     Args:
-        cross_encoder: The loaded checkpoint (ModernBERT layouts only, as :class:`PackedModernBertScorer`).
+        cross_encoder: The loaded checkpoint, in float32 (ModernBERT layouts only, as
+            :class:`PackedModernBertScorer`).
         model_path: Its folder (the cache key).
         dtype: Inference precision (float32, bfloat16 or float16).
         threads: The engine's thread governor: how many threads each batch may use (fewer under contention).
@@ -117,8 +140,11 @@ class OpenVINOScorer:
                    "ModernBertForSequenceClassification); this model runs on runtime='torch'")
             raise ValueError(msg)
         encoder, pooling, self._head = encoder_pooling_head(cross_encoder)
+        if any(p.dtype != torch.float32 for p in encoder.parameters()):
+            msg = ("runtime='openvino' converts the checkpoint's float32 weights (dtype is OpenVINO's inference "
+                   "precision): load the cross-encoder in float32")
+            raise ValueError(msg)
         self._pad_id = pad_id
-        self.int8 = calibration is not None
         core = ov.Core()
         model, entry = _cached_model(ov, core, model_path, lambda: self._convert(ov, encoder, pooling),
                                           calibration)
@@ -131,8 +157,8 @@ class OpenVINOScorer:
         self._local = threading.local()
 
     def _compiled_for(self, threads: int) -> object:
-        """The model compiled for ``threads`` threads (OpenVINO fixes the count at compile time; the count the
-        thread governor asks for under contention is compiled on first use, then kept)."""
+        """The model compiled for ``threads`` threads (OpenVINO fixes the count at compile time; each count
+        :func:`compiled_threads` gives under contention is compiled on first use, then kept)."""
         compiled = self._compiled.get(threads)
         if compiled is None:
             with self._compile_lock:
@@ -146,8 +172,6 @@ class OpenVINOScorer:
     def _convert(self, ov, encoder, pooling: str) -> object:
         """The encoder and pooling as an OpenVINO model (float32 weights; the precision is a compile hint)."""
         logger.info("OpenVINO: converting the checkpoint once (kept in %s)", cache_root())
-        if any(p.dtype != torch.float32 for p in encoder.parameters()):
-            encoder = copy.deepcopy(encoder).float()
         module = PaddedEncoder(encoder, pooling).eval()
         example = pad_batch([[self._pad_id + 1] * 20, [self._pad_id + 1] * 9])
         with torch.no_grad():  # tracing first is ~10x faster than handing OpenVINO the module (5 s vs 50 s, 17m)
@@ -156,7 +180,7 @@ class OpenVINOScorer:
         return ov.convert_model(traced, example_input=example, input=inputs)
 
     def __call__(self, windows: list[Window]) -> torch.Tensor:
-        threads = self._threads.choose()
+        threads = compiled_threads(self._threads.choose(), self._threads.max_threads)
         requests = getattr(self._local, "requests", None)
         if requests is None:  # infer requests per calling thread: the engine is shared between threads
             requests = self._local.requests = {}
@@ -305,14 +329,12 @@ def calibration_batches(tokenizer, max_length: int, count: int = 48,
     lines = resources.files("ettin_rerank").joinpath("data/demo_corpus.jsonl").read_text(encoding="utf-8")
     rows = [json.loads(line) for line in lines.splitlines() if line.strip()]
     documents = tokenizer.encode_documents([r["text"] for r in rows])
+    pairs = ((step, number, row) for step in range(len(rows)) for number, row in enumerate(rows))
     windows = []
-    for step in range(len(rows)):
-        for number, row in enumerate(rows):
-            if len(windows) == count:
-                break
-            query = tokenizer.encode_query(row["title"])[: max_length // 2]
-            room = max(1, max_length - len(query) - tokenizer.template.num_special)
-            ids = documents[(number + 7 * step) % len(documents)].ids[:room]
-            windows.append(tokenizer.build(0, query, ids, 0, len(ids)).input_ids)
+    for step, number, row in itertools.islice(pairs, count):
+        query = tokenizer.encode_query(row["title"])[: max_length // 2]
+        room = max(1, max_length - len(query) - tokenizer.template.num_special)
+        ids = documents[(number + 7 * step) % len(documents)].ids[:room]
+        windows.append(tokenizer.build(0, query, ids, 0, len(ids)).input_ids)
     longest = max(len(w) for w in windows)
     return [pad_batch(windows[i : i + batch], multiple=longest) for i in range(0, len(windows), batch)]

@@ -18,9 +18,15 @@ from tqdm.auto import tqdm
 from ettin_rerank.args import EngineArgs
 from ettin_rerank.engine.activation import NOT_CALIBRATED, load_calibration
 from ettin_rerank.engine.budget import token_budget_batches
-from ettin_rerank.engine.device import cpu_kind, resolve_device, resolve_dtype, resolve_runtime
+from ettin_rerank.engine.device import (
+    cpu_kind,
+    resolve_device,
+    resolve_dtype,
+    resolve_runtime,
+    runtime_was_asked_for,
+)
 from ettin_rerank.engine.loading import HubOptions, load_cross_encoder, resolve_model_path
-from ettin_rerank.engine.scorers import Scorer, select_scorer
+from ettin_rerank.engine.scorers import PackedModernBertScorer, Scorer, select_scorer
 from ettin_rerank.engine.threads import ThreadGovernor, usable_cpus
 from ettin_rerank.engine.tokenization import PairTokenizer, Window
 from ettin_rerank.engine.windows import PreparedPairs, prepare_pairs
@@ -81,7 +87,8 @@ class Reranker:
         batch_size: At most this many windows in one forward pass (``None``: only the token budget limits it).
         attention: ``"sdpa"``, ``"flash_attn"`` or ``"varlen"``; ``None`` picks the fastest available.
         runtime: ``"torch"`` or ``"openvino"`` (CPU; ``pip install "ettin-rerank[openvino]"``). ``None``: the
-            runtime measured fastest on this CPU kind, if installed (``benchmarks/results/``, README "Performance").
+            runtime measured fastest on this CPU kind, if installed (``benchmarks/results/``, README "Performance"), and
+            PyTorch where that is OpenVINO but the model is not a ModernBERT or ``attention`` names a PyTorch backend.
         precision: ``"int8"`` (OpenVINO + NNCF, an explicit opt-in: not exact) or ``None`` (``dtype`` decides).
         threads: CPU threads of a forward pass. ``None``: the CPUs this process may use (its affinity and cgroup
             quota, and ``OMP_NUM_THREADS`` if set), fewer while other processes keep some of them busy. A number
@@ -160,11 +167,20 @@ class Reranker:
         self.runtime = resolve_runtime(args.runtime, args.precision, self.device)
         self.precision = args.precision
         self.cpu_kind = cpu_kind() if self.device.type == "cpu" else None
+        measured_default = self.runtime == "openvino" and not runtime_was_asked_for(args.runtime, args.precision)
+        if measured_default and args.attention not in (None, "sdpa"):
+            self._run_pytorch_instead(f"attention={args.attention!r} is a PyTorch backend")
         self._scorer: Scorer | None
+        # OpenVINO converts the float32 weights (self.dtype is its inference precision); PyTorch runs them in dtype
+        weights_dtype = torch.float32 if self.runtime == "openvino" else self.dtype
         with self._cpu_threads():  # loading runs parallel ops too: on the CPUs the engine may use
             self._cross_encoder = load_cross_encoder(
-                self.model_path, device=self.device, dtype=self.dtype, trust_remote_code=args.trust_remote_code
+                self.model_path, device=self.device, dtype=weights_dtype, trust_remote_code=args.trust_remote_code
             )
+            if (measured_default and self.runtime == "openvino"
+                    and not PackedModernBertScorer.supports(self._cross_encoder)):
+                self._run_pytorch_instead("OpenVINO runs ModernBERT checkpoints, not this model")
+                self._cross_encoder.to(self.dtype)
             self.model_max_length = int(self._cross_encoder.max_seq_length or 512)
             self.calibration = load_calibration(self.model_path)
             self._pair_tokenizer = PairTokenizer(self._cross_encoder.tokenizer)
@@ -180,6 +196,11 @@ class Reranker:
             self.model_path, self.device, str(self.dtype).removeprefix("torch."), self.runtime, self.attention,
             self._defaults.max_length,
         )
+
+    def _run_pytorch_instead(self, reason: str) -> None:
+        """The measured default (OpenVINO) cannot run this engine: PyTorch does (as ``runtime="torch"``)."""
+        logger.info("OpenVINO is the measured default on this CPU, but %s: running PyTorch", reason)
+        self.runtime = "torch"
 
     def _cpu_threads(self) -> contextlib.AbstractContextManager[None]:
         """At most the governor's threads for torch in the calling thread, the caller's count restored after."""

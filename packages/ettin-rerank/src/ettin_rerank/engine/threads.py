@@ -102,10 +102,10 @@ def _read_limit(folder: Path) -> float | None:
     return None
 
 
-def usable_cpus(root: Path | None = None) -> int:
+def usable_cpus() -> int:
     """CPUs this process can keep busy: the affinity mask, capped by the cgroup quota (rounded up, at least 1)."""
     count = len(affinity_cpus())
-    limit = cgroup_cpu_limit(root)
+    limit = cgroup_cpu_limit()
     if limit is not None:
         count = min(count, max(1, math.ceil(limit - 0.01)))
     return max(1, count)
