@@ -51,6 +51,19 @@ def test_scores_match_the_exact_path(ov_engine, exact, wide_texts, make_text):
 
 
 @needs_openvino
+def test_pytorch_copy_of_the_encoder_is_freed(ov_engine):
+    """OpenVINO holds the encoder's weights: PyTorch's copy goes (a second copy of a 1B model is 4 GB); the head,
+    run by PyTorch in float32, stays."""
+    from ettin_rerank.engine.scorers import encoder_pooling_head
+
+    encoder, _, _ = encoder_pooling_head(ov_engine._cross_encoder)
+    assert all(p.is_meta for p in encoder.parameters())
+    head = [p for module in list(ov_engine._cross_encoder)[2:] for p in module.parameters()]
+    assert head and not any(p.is_meta for p in head)
+    assert len(ov_engine.score(QUERY, ["a", "protein study"])) == 2
+
+
+@needs_openvino
 @pytest.mark.parametrize("strategy", ["max", "mean", "truncate"])
 def test_windows_and_long_document_strategies_are_the_engines(ov_engine, exact, make_text, strategy):
     documents = [make_text(300), make_text(40), make_text(700)]

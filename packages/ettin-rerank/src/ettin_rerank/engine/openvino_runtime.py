@@ -120,7 +120,8 @@ class OpenVINOScorer:
 
     Args:
         cross_encoder: The loaded checkpoint, in float32 (ModernBERT layouts only, as
-            :class:`PackedModernBertScorer`).
+            :class:`PackedModernBertScorer`); its encoder's weights are freed once OpenVINO holds them (the head
+            runs in PyTorch).
         model_path: Its folder (the cache key).
         dtype: Inference precision (float32, bfloat16 or float16).
         threads: The engine's thread governor: how many threads each batch may use (fewer under contention).
@@ -148,6 +149,7 @@ class OpenVINOScorer:
         core = ov.Core()
         model, entry = _cached_model(ov, core, model_path, lambda: self._convert(ov, encoder, pooling),
                                           calibration)
+        encoder.to("meta")  # OpenVINO holds the weights now: PyTorch's float32 copy is freed (shapes kept)
         self.path = entry / "model.xml"
         self._core, self._model, self._threads = core, model, threads
         self._precision = _PRECISION_HINTS[dtype]
