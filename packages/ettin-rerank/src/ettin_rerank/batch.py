@@ -128,12 +128,17 @@ class BatchConfig:
         return RerankOptions().merged({**given, "activation": self.activation})
 
     def settings(self) -> dict[str, Any]:
-        """Everything that changes the output, as stored with it (a resumed run must match it)."""
+        """Everything that changes the output, as stored with it (a resumed run must match it); never the hub
+        ``token``, which changes no score and must not be written into outputs."""
         return json.loads(json.dumps({
             "model": self.model, "query_column": self.query_column, "document_column": self.document_column,
             "score_column": self.score_column, "rank": self.rank, "group_column": self.group_column,
-            "activation": self.activation, "engine_options": dict(sorted(self.engine_options.items())),
+            "activation": self.activation, "engine_options": _without_token(self.engine_options),
         }, default=str))
+
+
+def _without_token(engine_options: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in sorted(engine_options.items()) if name != "token"}
 
 
 def partial_path(output: str | Path) -> Path:
@@ -395,6 +400,8 @@ def _differences(stored: dict, run: dict) -> list[str]:
     if stored.get("input") != run["input"]:
         return ["another input (its bytes differ)"]
     before, now = stored.get("settings", {}), run["settings"]
+    if isinstance(before.get("engine_options"), dict):  # parts written before tokens were left out
+        before = {**before, "engine_options": _without_token(before["engine_options"])}
     found = []
     for key in sorted(set(before) | set(now)):
         if before.get(key) != now.get(key):
