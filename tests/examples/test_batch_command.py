@@ -134,6 +134,10 @@ def test_a_parquet_folder_streams_in_exact_chunks_from_any_row(tmp_path):
          ["--max-length", "32"], "bad.jsonl:2: column 'query': query is"),
         ('{"query": "q", "document": "d", "qid": 1}\n{"query": "q", "document": "d", "qid": null}\n',
          ["--rank", "--group-column", "qid"], "bad.jsonl:2: column 'qid' is null"),
+        ('{"query": "q", "document": "d", "meta": {}}\n', [],
+         "bad.jsonl: column 'meta' is struct<>, which Parquet cannot store"),
+        ('{"query": "q", "document": "d", "meta": {"tags": [{}]}}\n', [],
+         "bad.jsonl: column 'meta' is struct<tags: list<item: struct<>>>, which Parquet cannot store"),
     ],
 )
 def test_bad_input_is_one_clear_line_before_any_work(tmp_path, tiny_checkpoint, capsys, content, extra, message):

@@ -109,6 +109,7 @@ def scan(source: str | Path, columns: Columns, *, check_queries: QueryCheck | No
     if rows == 0:
         msg = f"{source} holds no rows"
         raise InputError(msg)
+    _check_storable(source, schema)
     return TableScan(source, "jsonl" if is_jsonl(source) else "parquet", files, rows, schema,
                      groups_contiguous=checker.contiguous)
 
@@ -135,6 +136,21 @@ def fingerprint(scanned: TableScan) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------- checks
+
+
+def _check_storable(source: Path, schema: pa.Schema) -> None:
+    """Every column can be written to the Parquet output (a JSON Lines column of only empty objects cannot), found
+    before any row is scored rather than when the first scored rows are written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for field in schema:
+        try:
+            pq.ParquetWriter(pa.BufferOutputStream(), pa.schema([field])).close()
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            msg = (f"{source}: column {field.name!r} is {field.type}, which Parquet cannot store ({error}); a "
+                   "column whose objects are all empty ({}) is one: drop it or give its objects a key")
+            raise InputError(msg) from None
 
 
 _START = object()
