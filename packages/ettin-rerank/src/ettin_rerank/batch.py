@@ -264,7 +264,9 @@ def rerank_file(source: str | Path, output: str | Path, config: BatchConfig, *, 
                 shutil.rmtree(partial, ignore_errors=True)
             raise
         _assemble(run, output, overwrite=overwrite)
-    shutil.rmtree(partial, ignore_errors=True)
+        # Removed while the lock (partial/.lock, inside) is held: a run that started meanwhile is refused until the
+        # folder is gone, so it never has its parts removed (POSIX removes a file that is open and locked).
+        shutil.rmtree(partial, ignore_errors=True)
     logger.info("Scored %d pairs from %s into %s", scanned.rows, source, output)
     return scanned.rows
 
