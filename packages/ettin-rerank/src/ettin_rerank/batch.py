@@ -232,6 +232,7 @@ def rerank_file(source: str | Path, output: str | Path, config: BatchConfig, *, 
         raise ValueError(msg)
     _check_output_file(source, output, overwrite)
     partial = partial_path(output)
+    _check_partial_is_ours(partial, resume)
     with contextlib.ExitStack() as stack:
         if engine is None:
             from ettin_rerank.engine.reranker import Reranker
@@ -242,7 +243,6 @@ def rerank_file(source: str | Path, output: str | Path, config: BatchConfig, *, 
         run = _Run(scanned, config, partial, chunk_rows, record={
             "written_by": WRITTEN_BY, "input": fingerprint(scanned), "rows": scanned.rows,
             "settings": {**config.settings(), "chunk_rows": chunk_rows, "engine": _engine_identity(engine)}})
-        _check_partial_is_ours(partial, resume)
         partial.mkdir(parents=True, exist_ok=True)
         stack.enter_context(_locked(partial))
         try:
