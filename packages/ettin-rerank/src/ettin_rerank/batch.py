@@ -147,7 +147,7 @@ def partial_path(output: str | Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
-def score_batch(engine: Reranker, batch: pa.RecordBatch | pa.Table, config: BatchConfig) -> pa.RecordBatch:
+def score_batch(engine: Reranker, batch: pa.RecordBatch | pa.Table, config: BatchConfig) -> pa.RecordBatch | pa.Table:
     """``batch`` with the score column appended (rows in the same order)."""
     pa = require_pyarrow()
     queries = batch.column(config.query_column).to_pylist()
@@ -585,10 +585,7 @@ class DatasetScorer:
         self.engine = Reranker.from_args(config.engine_args, config.options, show_progress_bar=False)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow as pa
-
-        scored = [score_batch(self.engine, b, self.config) for b in batch.to_batches()]
-        return pa.Table.from_batches(scored) if scored else batch
+        return score_batch(self.engine, batch, self.config)
 
 
 def rerank_dataset(dataset: Any, config: BatchConfig, *, actors: int = 1, rows_per_batch: int = 1024,
