@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -148,25 +148,20 @@ def partial_path(output: str | Path) -> Path:
 
 
 def score_batch(engine: Reranker, batch: pa.RecordBatch | pa.Table, config: BatchConfig) -> pa.RecordBatch | pa.Table:
-    """``batch`` with the score column appended (rows in the same order)."""
-    pa = require_pyarrow()
-    queries = batch.column(config.query_column).to_pylist()
-    documents = batch.column(config.document_column).to_pylist()
-    for position, (query, document) in enumerate(zip(queries, documents, strict=True)):
-        if not isinstance(query, str) or not isinstance(document, str):
-            bad = config.query_column if not isinstance(query, str) else config.document_column
-            value = query if bad == config.query_column else document
-            msg = (f"row {position} of a Ray Data batch has a {type(value).__name__} in column {bad!r}; every row "
-                   f"needs text in both {config.query_column!r} and {config.document_column!r}")
-            raise ValueError(msg)
-    scores = engine.score_pairs(list(zip(queries, documents, strict=True)), options=config.options)
-    return batch.append_column(config.score_column, pa.array(scores, type=pa.float64()))
+    """``batch`` with the score column appended (rows in the same order); an error names the batch's row."""
+    return _with_scores(engine, batch, config, lambda position: f"row {position} of a Ray Data batch")
 
 
 def score_chunk(engine: Any, chunk: Chunk, config: BatchConfig) -> pa.Table:
     """The chunk's rows with the score column appended; an engine error names the file row it is about."""
+    return _with_scores(engine, chunk.table, config, chunk.locate)
+
+
+def _with_scores(engine: Any, table: pa.Table | pa.RecordBatch, config: BatchConfig,
+                 locate: Callable[[int], str]) -> pa.Table | pa.RecordBatch:
+    """``table`` (a Table or RecordBatch) with the score column; ``pairs[i]`` in an engine error becomes
+    ``locate(i)`` and the column."""
     pa = require_pyarrow()
-    table = chunk.table
     pairs = list(zip(table.column(config.query_column).to_pylist(), table.column(config.document_column).to_pylist(),
                      strict=True))
     try:
@@ -176,7 +171,7 @@ def score_chunk(engine: Any, chunk: Chunk, config: BatchConfig) -> pa.Table:
         if found is None:
             raise
         column = {"[0]": config.query_column, "[1]": config.document_column}.get(found.group(2) or "")
-        where = chunk.locate(int(found.group(1))) + (f": column {column!r}" if column else "")
+        where = locate(int(found.group(1))) + (f": column {column!r}" if column else "")
         msg = where + str(error)[found.end():]
         raise type(error)(msg) from None
     return table.append_column(config.score_column, pa.array(scores, type=pa.float64()))
