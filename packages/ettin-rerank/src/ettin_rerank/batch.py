@@ -47,7 +47,7 @@ from ettin_rerank.outputs import (
     staging_folder,
     write_text_atomic,
 )
-from ettin_rerank.tables import Chunk, Columns, TableScan, chunks, fingerprint, require_pyarrow, scan
+from ettin_rerank.tables import Chunk, Columns, TableScan, chunks, fingerprint, is_jsonl, require_pyarrow, scan
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -240,23 +240,20 @@ def rerank_file(source: str | Path, output: str | Path, config: BatchConfig, *, 
             "settings": {**config.settings(), "chunk_rows": chunk_rows, "engine": _engine_identity(engine)}})
         partial.mkdir(parents=True, exist_ok=True)
         stack.enter_context(_locked(partial))
+        done = None
         try:
             done = _resume_point(run, resume)
-        except BaseException:  # parts of another run are left as they are; an empty folder goes
-            if not _parts(partial):
-                shutil.rmtree(partial, ignore_errors=True)
-            raise
-        if done:
-            logger.warning("resuming %s: %d of %d rows were scored before and are kept", partial, done, scanned.rows)
-        try:
+            if done:
+                logger.warning("resuming %s: %d of %d rows were scored before and are kept", partial, done,
+                               scanned.rows)
             _score_into_parts(engine, run, done, save_every=save_every, show_progress_bar=show_progress_bar)
-        except BaseException:
-            kept = _rows(_parts(partial))
-            if kept:
-                logger.warning("stopped after %d of %d rows: they are kept in %s; run the same command again to "
-                               "resume (--restart discards them)", kept, scanned.rows, partial)
-            else:
+        except BaseException:  # an empty folder goes; parts are kept (another run's, refused, as they are)
+            parts = _parts(partial)
+            if not parts:
                 shutil.rmtree(partial, ignore_errors=True)
+            elif done is not None:
+                logger.warning("stopped after %d of %d rows: they are kept in %s; run the same command again to "
+                               "resume (--restart discards them)", _rows(parts), scanned.rows, partial)
             raise
         _assemble(run, output, overwrite=overwrite)
         # Removed while the lock (partial/.lock, inside) is held: a run that started meanwhile is refused until the
@@ -364,7 +361,7 @@ def _resume_point(run: _Run, resume: bool | None) -> int:
         leftover.unlink()
     parts = _parts(partial)
     if resume is False:
-        for path in [*parts, partial / "_ranks.int32"]:
+        for path in parts:
             path.unlink(missing_ok=True)
         return 0
     if resume and not parts:
@@ -640,9 +637,8 @@ def rerank_with_ray(source: str | Path, output: str | Path, config: BatchConfig,
     run = {"written_by": WRITTEN_BY, "input": fingerprint(scanned), "rows": scanned.rows,
            "settings": {**config.settings(), "ray_actors": actors}}
     init_ray(address)  # a local cluster listens on 127.0.0.1 only (ettin_rerank.cluster)
-    suffix = Path(source).suffix.lower()
     blocks = max(8, 4 * actors)  # enough blocks for every actor to have work
-    dataset = (ray.data.read_json(str(source), override_num_blocks=blocks) if suffix in (".jsonl", ".json", ".ndjson")
+    dataset = (ray.data.read_json(str(source), override_num_blocks=blocks) if is_jsonl(source)
                else ray.data.read_parquet(str(source), override_num_blocks=blocks))
     scored = rerank_dataset(dataset, config, actors=actors, cpus_per_actor=cpus_per_actor,
                             gpus_per_actor=gpus_per_actor)
@@ -658,7 +654,7 @@ def rerank_with_ray(source: str | Path, output: str | Path, config: BatchConfig,
         if rows != scanned.rows:
             msg = f"Ray wrote {rows} rows for the {scanned.rows} of {source}; nothing was kept"
             raise RuntimeError(msg)
-        write_text_atomic(staging / RAY_MARKER, json.dumps({**run, "rows": rows}, indent=2))
+        write_text_atomic(staging / RAY_MARKER, json.dumps(run, indent=2))
         replace_folder(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

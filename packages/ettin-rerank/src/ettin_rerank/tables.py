@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ettin_rerank.errors import InputError, MissingExtraError
-from ettin_rerank.inputs import json_object
+from ettin_rerank.inputs import JSONL_SUFFIXES, json_object
 from ettin_rerank.validation import has_text
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 SCAN_ROWS = 4096
 """Rows per step of the checking pass."""
 QUERY_CHECK_BATCH = 512
@@ -66,7 +65,7 @@ class TableScan:
     files: list[Path]
     rows: int
     schema: pa.Schema
-    groups_contiguous: bool = True
+    groups_contiguous: bool
     """Whether the rows of each group follow each other (then ranks need memory for one group only)."""
 
 
@@ -97,7 +96,8 @@ def scan(source: str | Path, columns: Columns, *, check_queries: QueryCheck | No
         msg = f"{source} does not exist"
         raise InputError(msg)
     checker = _RowChecker(columns, check_queries)
-    if is_jsonl(source):
+    kind = "jsonl" if is_jsonl(source) else "parquet"
+    if kind == "jsonl":
         if source.is_dir():
             msg = f"{source} is a folder; a JSON Lines input is one file"
             raise InputError(msg)
@@ -110,8 +110,7 @@ def scan(source: str | Path, columns: Columns, *, check_queries: QueryCheck | No
         msg = f"{source} holds no rows"
         raise InputError(msg)
     _check_storable(source, schema)
-    return TableScan(source, "jsonl" if is_jsonl(source) else "parquet", files, rows, schema,
-                     groups_contiguous=checker.contiguous)
+    return TableScan(source, kind, files, rows, schema, groups_contiguous=checker.contiguous)
 
 
 def chunks(scanned: TableScan, chunk_rows: int, *, start: int = 0) -> Iterator[Chunk]:
@@ -204,8 +203,7 @@ class _RowChecker:
         kind = group.type
         if pa.types.is_dictionary(kind):
             group, kind = group.dictionary_decode(), kind.value_type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
-                or pa.types.is_floating(kind) or pa.types.is_null(kind) or pa.types.is_string_view(kind)):
+        if not (_is_text(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
             msg = f"{locate(0)}: column {name!r} holds {kind}; a group column holds text or numbers"
             raise InputError(msg)
         if group.null_count:
@@ -518,8 +516,6 @@ def _parquet_chunks(scanned: TableScan, chunk_rows: int, start: int) -> Iterator
 
 def _parquet_chunk(tables: list[pa.Table], first_row: int, places: list[tuple[int, str, int]]) -> Chunk:
     import pyarrow as pa
-
-    places = list(places)
 
     def locate(i: int) -> str:
         start, path, row = next(place for place in reversed(places) if place[0] <= i)
