@@ -67,6 +67,9 @@ class TableScan:
     schema: pa.Schema
     groups_contiguous: bool
     """Whether the rows of each group follow each other (then ranks need memory for one group only)."""
+    jsonl_fingerprint: str | None
+    """:func:`fingerprint` of a JSON Lines input, hashed as the checking pass read its lines (``None`` for Parquet,
+    whose files the checking pass reads only in part)."""
 
 
 @dataclass(frozen=True)
@@ -101,16 +104,18 @@ def scan(source: str | Path, columns: Columns, *, check_queries: QueryCheck | No
         if source.is_dir():
             msg = f"{source} is a folder; a JSON Lines input is one file"
             raise InputError(msg)
-        rows, schema = _scan_jsonl(source, columns, checker)
+        rows, schema, jsonl_fingerprint = _scan_jsonl(source, columns, checker)
         files = [source]
     else:
         rows, schema, files = _scan_parquet(source, columns, checker)
+        jsonl_fingerprint = None
     checker.finish()
     if rows == 0:
         msg = f"{source} holds no rows"
         raise InputError(msg)
     _check_storable(source, schema)
-    return TableScan(source, kind, files, rows, schema, groups_contiguous=checker.contiguous)
+    return TableScan(source, kind, files, rows, schema, groups_contiguous=checker.contiguous,
+                     jsonl_fingerprint=jsonl_fingerprint)
 
 
 def chunks(scanned: TableScan, chunk_rows: int, *, start: int = 0) -> Iterator[Chunk]:
@@ -124,14 +129,22 @@ def chunks(scanned: TableScan, chunk_rows: int, *, start: int = 0) -> Iterator[C
 
 def fingerprint(scanned: TableScan) -> str:
     """SHA-256 of the input's bytes (each file of a folder with its name within the folder, in reading order)."""
+    if scanned.jsonl_fingerprint is not None:
+        return scanned.jsonl_fingerprint
     digest = hashlib.sha256()
     for path in scanned.files:
         name = path.relative_to(scanned.source).as_posix() if scanned.source.is_dir() else ""
-        digest.update(f"{name}\0{path.stat().st_size}\0".encode())
+        digest.update(_file_header(name, path))
         with path.open("rb") as data:
             while block := data.read(1 << 22):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def _file_header(name: str, path: Path) -> bytes:
+    """What :func:`fingerprint` hashes before a file's bytes: its name within a folder input ("" for a file) and
+    its size."""
+    return f"{name}\0{path.stat().st_size}\0".encode()
 
 
 # ----------------------------------------------------------------------------------------------------- checks
@@ -270,11 +283,13 @@ def _run_starts(array: pa.Array) -> list[int]:
 # ----------------------------------------------------------------------------------------------------- JSON Lines
 
 
-def _jsonl_records(path: Path, skip: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+def _jsonl_records(path: Path, skip: int = 0, digest: Any = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` per non-blank line (lines end at ``\\n`` only); the first ``skip`` records are
-    passed over without parsing."""
+    passed over without parsing; every byte read goes into ``digest`` (a ``hashlib`` hash) when given."""
     with path.open("rb") as data:
         for number, line in enumerate(data, 1):
+            if digest is not None:
+                digest.update(line)
             raw = line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line
             if not raw.strip():
                 continue
@@ -284,10 +299,11 @@ def _jsonl_records(path: Path, skip: int = 0) -> Iterator[tuple[int, dict[str, A
             yield number, json_object(raw, str(path), number)
 
 
-def _jsonl_blocks(path: Path, size: int, skip: int = 0) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+def _jsonl_blocks(path: Path, size: int, skip: int = 0,
+                  digest: Any = None) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
     lines: list[int] = []
     records: list[dict[str, Any]] = []
-    for number, record in _jsonl_records(path, skip):
+    for number, record in _jsonl_records(path, skip, digest):
         lines.append(number)
         records.append(record)
         if len(records) == size:
@@ -297,13 +313,15 @@ def _jsonl_blocks(path: Path, size: int, skip: int = 0) -> Iterator[tuple[list[i
         yield lines, records
 
 
-def _scan_jsonl(path: Path, columns: Columns, checker: _RowChecker) -> tuple[int, pa.Schema]:
+def _scan_jsonl(path: Path, columns: Columns, checker: _RowChecker) -> tuple[int, pa.Schema, str]:
+    """Rows, schema and fingerprint (the file's bytes hashed as they are read, one read for both)."""
     import pyarrow as pa
 
     types: dict[str, pa.DataType] = {}  # every column in order of first appearance, with its unified type
     first_seen: dict[str, int] = {}
     rows = 0
-    for lines, records in _jsonl_blocks(path, SCAN_ROWS):
+    digest = hashlib.sha256(_file_header("", path))
+    for lines, records in _jsonl_blocks(path, SCAN_ROWS, digest=digest):
         for number, record in zip(lines, records, strict=True):
             for name in (columns.query, columns.document):
                 _check_jsonl_text(path, number, record, name)
@@ -324,7 +342,7 @@ def _scan_jsonl(path: Path, columns: Columns, checker: _RowChecker) -> tuple[int
                       arrays.get(columns.group) if columns.group else None,
                       lambda i, lines=lines: f"{path}:{lines[i]}")
         rows += len(records)
-    return rows, pa.schema(list(types.items()))
+    return rows, pa.schema(list(types.items())), digest.hexdigest()
 
 
 def _check_jsonl_text(path: Path, number: int, record: dict[str, Any], name: str) -> None:
