@@ -134,6 +134,10 @@ def test_a_parquet_folder_streams_in_exact_chunks_from_any_row(tmp_path):
          ["--max-length", "32"], "bad.jsonl:2: column 'query': query is"),
         ('{"query": "q", "document": "d", "qid": 1}\n{"query": "q", "document": "d", "qid": null}\n',
          ["--rank", "--group-column", "qid"], "bad.jsonl:2: column 'qid' is null"),
+        ('{"query": "q", "document": "d", "meta": {}}\n', [],
+         "bad.jsonl: column 'meta' is struct<>, which Parquet cannot store"),
+        ('{"query": "q", "document": "d", "meta": {"tags": [{}]}}\n', [],
+         "bad.jsonl: column 'meta' is struct<tags: list<item: struct<>>>, which Parquet cannot store"),
     ],
 )
 def test_bad_input_is_one_clear_line_before_any_work(tmp_path, tiny_checkpoint, capsys, content, extra, message):
@@ -202,6 +206,51 @@ def test_an_existing_output_is_replaced_only_when_asked_and_only_if_batch_wrote_
     assert second.num_rows == first.num_rows == 30
     assert all(0 < s < 1 for s in second["score"].to_pylist())
     assert second["score"].to_pylist() != first["score"].to_pylist()
+
+
+class _StopsAfterOneChunk:
+    """``engine`` (its identity, its checks), that stops the run as Ctrl-C would after scoring one chunk."""
+
+    def __init__(self, engine):
+        self.engine, self.calls = engine, 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def score_pairs(self, pairs, options=None):
+        self.calls += 1
+        if self.calls > 1:
+            raise KeyboardInterrupt
+        return self.engine.score_pairs(pairs, options=options)
+
+
+def test_the_hub_token_is_written_into_no_output(pairs_jsonl, tmp_path, tiny_checkpoint, reranker):
+    """A token in engine_options reaches the engine, never a part, the output or a resume's error; parts that an
+    older version wrote with the token in them still resume."""
+    from ettin_rerank.batch import METADATA_KEY, BatchConfig, partial_path, rerank_file
+
+    token = "hf_NotARealToken4817"
+    path, _ = pairs_jsonl
+    out = tmp_path / "scored.parquet"
+    config = BatchConfig(model=str(tiny_checkpoint), engine_options={"device": "cpu", "dtype": "float32",
+                                                                     "token": token, "local_files_only": True})
+    assert token not in json.dumps(config.settings())
+    with pytest.raises(KeyboardInterrupt):
+        rerank_file(path, out, config, chunk_rows=10, save_every=0, engine=_StopsAfterOneChunk(reranker),
+                    show_progress_bar=False)
+    part = partial_path(out) / "part-000000.parquet"
+    assert token.encode() not in part.read_bytes()
+    table = pq.read_table(part)  # as an older version wrote it: the token in the stored settings
+    record = json.loads(table.schema.metadata[METADATA_KEY])
+    record["settings"]["engine_options"]["token"] = token
+    pq.write_table(table.replace_schema_metadata({METADATA_KEY: json.dumps(record).encode()}), part)
+    with pytest.raises(ValueError, match="other settings") as refused:
+        rerank_file(path, out, BatchConfig(**{**config.__dict__, "activation": "sigmoid"}), chunk_rows=10,
+                    engine=reranker, show_progress_bar=False)
+    assert token not in str(refused.value)
+    assert rerank_file(path, out, config, chunk_rows=10, show_progress_bar=False) == 30
+    assert token.encode() not in out.read_bytes()
+    assert "token" not in json.loads(pq.read_schema(out).metadata[METADATA_KEY])["settings"]["engine_options"]
 
 
 # ----------------------------------------------------------------------------------------------------- signals

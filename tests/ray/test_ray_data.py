@@ -61,6 +61,23 @@ def test_every_pair_once_in_order_with_the_engines_scores(ray_local, tmp_path, t
     np.testing.assert_allclose(rows["score"], expected, atol=1e-4)
 
 
+def test_the_actors_callable_scores_a_batch_as_one_table_even_an_empty_one(tiny_checkpoint, reranker):
+    """What each actor runs on a Ray batch (no cluster needed): a table of several chunks is scored as one, and an
+    empty one still gets its score column (every block written has the same columns)."""
+    from ettin_rerank.batch import DatasetScorer
+
+    scorer = DatasetScorer(BatchConfig(model=str(tiny_checkpoint), engine_options={"device": "cpu",
+                                                                                  "dtype": "float32"}))
+    pairs = [("query one", "a gene"), ("query one", "a cell study"), ("query two", "brain data")]
+    table = pa.concat_tables([pa.Table.from_pylist([{"query": q, "document": d}]) for q, d in pairs])
+    scored = scorer(table)
+    assert scored.column_names == ["query", "document", "score"]
+    np.testing.assert_allclose(scored["score"].to_pylist(), reranker.score_pairs(pairs), atol=1e-5)
+    empty = scorer(table.slice(0, 0))
+    assert empty.column_names == ["query", "document", "score"] and empty.num_rows == 0
+    assert empty.schema.field("score").type == pa.float64()
+
+
 def test_ranks_within_each_query(ranked_job):
     _, out, printed = ranked_job
     assert "scored 50 pairs" in printed

@@ -27,7 +27,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,7 +47,7 @@ from ettin_rerank.outputs import (
     staging_folder,
     write_text_atomic,
 )
-from ettin_rerank.tables import Chunk, Columns, TableScan, chunks, fingerprint, require_pyarrow, scan
+from ettin_rerank.tables import Chunk, Columns, TableScan, chunks, fingerprint, is_jsonl, require_pyarrow, scan
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -128,12 +128,17 @@ class BatchConfig:
         return RerankOptions().merged({**given, "activation": self.activation})
 
     def settings(self) -> dict[str, Any]:
-        """Everything that changes the output, as stored with it (a resumed run must match it)."""
+        """Everything that changes the output, as stored with it (a resumed run must match it); never the hub
+        ``token``, which changes no score and must not be written into outputs."""
         return json.loads(json.dumps({
             "model": self.model, "query_column": self.query_column, "document_column": self.document_column,
             "score_column": self.score_column, "rank": self.rank, "group_column": self.group_column,
-            "activation": self.activation, "engine_options": dict(sorted(self.engine_options.items())),
+            "activation": self.activation, "engine_options": _without_token(self.engine_options),
         }, default=str))
+
+
+def _without_token(engine_options: dict[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in sorted(engine_options.items()) if name != "token"}
 
 
 def partial_path(output: str | Path) -> Path:
@@ -142,26 +147,21 @@ def partial_path(output: str | Path) -> Path:
     return output.with_name(output.name + ".partial")
 
 
-def score_batch(engine: Reranker, batch: pa.RecordBatch | pa.Table, config: BatchConfig) -> pa.RecordBatch:
-    """``batch`` with the score column appended (rows in the same order)."""
-    pa = require_pyarrow()
-    queries = batch.column(config.query_column).to_pylist()
-    documents = batch.column(config.document_column).to_pylist()
-    for position, (query, document) in enumerate(zip(queries, documents, strict=True)):
-        if not isinstance(query, str) or not isinstance(document, str):
-            bad = config.query_column if not isinstance(query, str) else config.document_column
-            value = query if bad == config.query_column else document
-            msg = (f"row {position} of a Ray Data batch has a {type(value).__name__} in column {bad!r}; every row "
-                   f"needs text in both {config.query_column!r} and {config.document_column!r}")
-            raise ValueError(msg)
-    scores = engine.score_pairs(list(zip(queries, documents, strict=True)), options=config.options)
-    return batch.append_column(config.score_column, pa.array(scores, type=pa.float64()))
+def score_batch(engine: Reranker, batch: pa.RecordBatch | pa.Table, config: BatchConfig) -> pa.RecordBatch | pa.Table:
+    """``batch`` with the score column appended (rows in the same order); an error names the batch's row."""
+    return _with_scores(engine, batch, config, lambda position: f"row {position} of a Ray Data batch")
 
 
 def score_chunk(engine: Any, chunk: Chunk, config: BatchConfig) -> pa.Table:
     """The chunk's rows with the score column appended; an engine error names the file row it is about."""
+    return _with_scores(engine, chunk.table, config, chunk.locate)
+
+
+def _with_scores(engine: Any, table: pa.Table | pa.RecordBatch, config: BatchConfig,
+                 locate: Callable[[int], str]) -> pa.Table | pa.RecordBatch:
+    """``table`` (a Table or RecordBatch) with the score column; ``pairs[i]`` in an engine error becomes
+    ``locate(i)`` and the column."""
     pa = require_pyarrow()
-    table = chunk.table
     pairs = list(zip(table.column(config.query_column).to_pylist(), table.column(config.document_column).to_pylist(),
                      strict=True))
     try:
@@ -171,7 +171,7 @@ def score_chunk(engine: Any, chunk: Chunk, config: BatchConfig) -> pa.Table:
         if found is None:
             raise
         column = {"[0]": config.query_column, "[1]": config.document_column}.get(found.group(2) or "")
-        where = chunk.locate(int(found.group(1))) + (f": column {column!r}" if column else "")
+        where = locate(int(found.group(1))) + (f": column {column!r}" if column else "")
         msg = where + str(error)[found.end():]
         raise type(error)(msg) from None
     return table.append_column(config.score_column, pa.array(scores, type=pa.float64()))
@@ -227,6 +227,7 @@ def rerank_file(source: str | Path, output: str | Path, config: BatchConfig, *, 
         raise ValueError(msg)
     _check_output_file(source, output, overwrite)
     partial = partial_path(output)
+    _check_partial_is_ours(partial, resume)
     with contextlib.ExitStack() as stack:
         if engine is None:
             from ettin_rerank.engine.reranker import Reranker
@@ -237,29 +238,27 @@ def rerank_file(source: str | Path, output: str | Path, config: BatchConfig, *, 
         run = _Run(scanned, config, partial, chunk_rows, record={
             "written_by": WRITTEN_BY, "input": fingerprint(scanned), "rows": scanned.rows,
             "settings": {**config.settings(), "chunk_rows": chunk_rows, "engine": _engine_identity(engine)}})
-        _check_partial_is_ours(partial, resume)
         partial.mkdir(parents=True, exist_ok=True)
         stack.enter_context(_locked(partial))
+        done = None
         try:
             done = _resume_point(run, resume)
-        except BaseException:  # parts of another run are left as they are; an empty folder goes
-            if not _parts(partial):
-                shutil.rmtree(partial, ignore_errors=True)
-            raise
-        if done:
-            logger.warning("resuming %s: %d of %d rows were scored before and are kept", partial, done, scanned.rows)
-        try:
+            if done:
+                logger.warning("resuming %s: %d of %d rows were scored before and are kept", partial, done,
+                               scanned.rows)
             _score_into_parts(engine, run, done, save_every=save_every, show_progress_bar=show_progress_bar)
-        except BaseException:
-            kept = _rows(_parts(partial))
-            if kept:
-                logger.warning("stopped after %d of %d rows: they are kept in %s; run the same command again to "
-                               "resume (--restart discards them)", kept, scanned.rows, partial)
-            else:
+        except BaseException:  # an empty folder goes; parts are kept (another run's, refused, as they are)
+            parts = _parts(partial)
+            if not parts:
                 shutil.rmtree(partial, ignore_errors=True)
+            elif done is not None:
+                logger.warning("stopped after %d of %d rows: they are kept in %s; run the same command again to "
+                               "resume (--restart discards them)", _rows(parts), scanned.rows, partial)
             raise
         _assemble(run, output, overwrite=overwrite)
-    shutil.rmtree(partial, ignore_errors=True)
+        # Removed while the lock (partial/.lock, inside) is held: a run that started meanwhile is refused until the
+        # folder is gone, so it never has its parts removed (POSIX removes a file that is open and locked).
+        shutil.rmtree(partial, ignore_errors=True)
     logger.info("Scored %d pairs from %s into %s", scanned.rows, source, output)
     return scanned.rows
 
@@ -362,7 +361,7 @@ def _resume_point(run: _Run, resume: bool | None) -> int:
         leftover.unlink()
     parts = _parts(partial)
     if resume is False:
-        for path in [*parts, partial / "_ranks.int32"]:
+        for path in parts:
             path.unlink(missing_ok=True)
         return 0
     if resume and not parts:
@@ -395,6 +394,8 @@ def _differences(stored: dict, run: dict) -> list[str]:
     if stored.get("input") != run["input"]:
         return ["another input (its bytes differ)"]
     before, now = stored.get("settings", {}), run["settings"]
+    if isinstance(before.get("engine_options"), dict):  # parts written before tokens were left out
+        before = {**before, "engine_options": _without_token(before["engine_options"])}
     found = []
     for key in sorted(set(before) | set(now)):
         if before.get(key) != now.get(key):
@@ -576,10 +577,7 @@ class DatasetScorer:
         self.engine = Reranker.from_args(config.engine_args, config.options, show_progress_bar=False)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow as pa
-
-        scored = [score_batch(self.engine, b, self.config) for b in batch.to_batches()]
-        return pa.Table.from_batches(scored) if scored else batch
+        return score_batch(self.engine, batch, self.config)
 
 
 def rerank_dataset(dataset: Any, config: BatchConfig, *, actors: int = 1, rows_per_batch: int = 1024,
@@ -639,9 +637,8 @@ def rerank_with_ray(source: str | Path, output: str | Path, config: BatchConfig,
     run = {"written_by": WRITTEN_BY, "input": fingerprint(scanned), "rows": scanned.rows,
            "settings": {**config.settings(), "ray_actors": actors}}
     init_ray(address)  # a local cluster listens on 127.0.0.1 only (ettin_rerank.cluster)
-    suffix = Path(source).suffix.lower()
     blocks = max(8, 4 * actors)  # enough blocks for every actor to have work
-    dataset = (ray.data.read_json(str(source), override_num_blocks=blocks) if suffix in (".jsonl", ".json", ".ndjson")
+    dataset = (ray.data.read_json(str(source), override_num_blocks=blocks) if is_jsonl(source)
                else ray.data.read_parquet(str(source), override_num_blocks=blocks))
     scored = rerank_dataset(dataset, config, actors=actors, cpus_per_actor=cpus_per_actor,
                             gpus_per_actor=gpus_per_actor)
@@ -657,7 +654,7 @@ def rerank_with_ray(source: str | Path, output: str | Path, config: BatchConfig,
         if rows != scanned.rows:
             msg = f"Ray wrote {rows} rows for the {scanned.rows} of {source}; nothing was kept"
             raise RuntimeError(msg)
-        write_text_atomic(staging / RAY_MARKER, json.dumps({**run, "rows": rows}, indent=2))
+        write_text_atomic(staging / RAY_MARKER, json.dumps(run, indent=2))
         replace_folder(staging, output)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -16,7 +16,8 @@ from ettin_rerank.errors import InputError
 from ettin_rerank.validation import check_encodable
 
 FORMATS = ("auto", "jsonl", "lines")
-_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+"""Suffixes of JSON Lines files (any other suffix is lines of text here, Parquet for ``batch``)."""
 
 
 def read_text(source: str | Path) -> str:
@@ -79,7 +80,7 @@ def detect_format(source: str | Path, text: str) -> str:
     """``jsonl`` for a ``.jsonl``/``.ndjson``/``.json`` file, ``lines`` for any other suffix; for stdin or a file
     without a suffix, ``jsonl`` if the first non-blank line is a JSON object, else ``lines``."""
     suffix = Path(str(source)).suffix.lower() if str(source) != "-" else ""
-    if suffix in _JSONL_SUFFIXES:
+    if suffix in JSONL_SUFFIXES:
         return "jsonl"
     if suffix:
         return "lines"

@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ettin_rerank.errors import InputError, MissingExtraError
-from ettin_rerank.inputs import json_object
+from ettin_rerank.inputs import JSONL_SUFFIXES, json_object
 from ettin_rerank.validation import has_text
 
 if TYPE_CHECKING:
     import pyarrow as pa
 
-JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
 SCAN_ROWS = 4096
 """Rows per step of the checking pass."""
 QUERY_CHECK_BATCH = 512
@@ -66,8 +65,11 @@ class TableScan:
     files: list[Path]
     rows: int
     schema: pa.Schema
-    groups_contiguous: bool = True
+    groups_contiguous: bool
     """Whether the rows of each group follow each other (then ranks need memory for one group only)."""
+    jsonl_fingerprint: str | None
+    """:func:`fingerprint` of a JSON Lines input, hashed as the checking pass read its lines (``None`` for Parquet,
+    whose files the checking pass reads only in part)."""
 
 
 @dataclass(frozen=True)
@@ -97,20 +99,23 @@ def scan(source: str | Path, columns: Columns, *, check_queries: QueryCheck | No
         msg = f"{source} does not exist"
         raise InputError(msg)
     checker = _RowChecker(columns, check_queries)
-    if is_jsonl(source):
+    kind = "jsonl" if is_jsonl(source) else "parquet"
+    if kind == "jsonl":
         if source.is_dir():
             msg = f"{source} is a folder; a JSON Lines input is one file"
             raise InputError(msg)
-        rows, schema = _scan_jsonl(source, columns, checker)
+        rows, schema, jsonl_fingerprint = _scan_jsonl(source, columns, checker)
         files = [source]
     else:
         rows, schema, files = _scan_parquet(source, columns, checker)
+        jsonl_fingerprint = None
     checker.finish()
     if rows == 0:
         msg = f"{source} holds no rows"
         raise InputError(msg)
-    return TableScan(source, "jsonl" if is_jsonl(source) else "parquet", files, rows, schema,
-                     groups_contiguous=checker.contiguous)
+    _check_storable(source, schema)
+    return TableScan(source, kind, files, rows, schema, groups_contiguous=checker.contiguous,
+                     jsonl_fingerprint=jsonl_fingerprint)
 
 
 def chunks(scanned: TableScan, chunk_rows: int, *, start: int = 0) -> Iterator[Chunk]:
@@ -124,17 +129,40 @@ def chunks(scanned: TableScan, chunk_rows: int, *, start: int = 0) -> Iterator[C
 
 def fingerprint(scanned: TableScan) -> str:
     """SHA-256 of the input's bytes (each file of a folder with its name within the folder, in reading order)."""
+    if scanned.jsonl_fingerprint is not None:
+        return scanned.jsonl_fingerprint
     digest = hashlib.sha256()
     for path in scanned.files:
         name = path.relative_to(scanned.source).as_posix() if scanned.source.is_dir() else ""
-        digest.update(f"{name}\0{path.stat().st_size}\0".encode())
+        digest.update(_file_header(name, path))
         with path.open("rb") as data:
             while block := data.read(1 << 22):
                 digest.update(block)
     return digest.hexdigest()
 
 
+def _file_header(name: str, path: Path) -> bytes:
+    """What :func:`fingerprint` hashes before a file's bytes: its name within a folder input ("" for a file) and
+    its size."""
+    return f"{name}\0{path.stat().st_size}\0".encode()
+
+
 # ----------------------------------------------------------------------------------------------------- checks
+
+
+def _check_storable(source: Path, schema: pa.Schema) -> None:
+    """Every column can be written to the Parquet output (a JSON Lines column of only empty objects cannot), found
+    before any row is scored rather than when the first scored rows are written."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for field in schema:
+        try:
+            pq.ParquetWriter(pa.BufferOutputStream(), pa.schema([field])).close()
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid, pa.ArrowTypeError) as error:
+            msg = (f"{source}: column {field.name!r} is {field.type}, which Parquet cannot store ({error}); a "
+                   "column whose objects are all empty ({}) is one: drop it or give its objects a key")
+            raise InputError(msg) from None
 
 
 _START = object()
@@ -188,8 +216,7 @@ class _RowChecker:
         kind = group.type
         if pa.types.is_dictionary(kind):
             group, kind = group.dictionary_decode(), kind.value_type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_integer(kind)
-                or pa.types.is_floating(kind) or pa.types.is_null(kind) or pa.types.is_string_view(kind)):
+        if not (_is_text(kind) or pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_null(kind)):
             msg = f"{locate(0)}: column {name!r} holds {kind}; a group column holds text or numbers"
             raise InputError(msg)
         if group.null_count:
@@ -256,11 +283,13 @@ def _run_starts(array: pa.Array) -> list[int]:
 # ----------------------------------------------------------------------------------------------------- JSON Lines
 
 
-def _jsonl_records(path: Path, skip: int = 0) -> Iterator[tuple[int, dict[str, Any]]]:
+def _jsonl_records(path: Path, skip: int = 0, digest: Any = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` per non-blank line (lines end at ``\\n`` only); the first ``skip`` records are
-    passed over without parsing."""
+    passed over without parsing; every byte read goes into ``digest`` (a ``hashlib`` hash) when given."""
     with path.open("rb") as data:
         for number, line in enumerate(data, 1):
+            if digest is not None:
+                digest.update(line)
             raw = line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line
             if not raw.strip():
                 continue
@@ -270,10 +299,11 @@ def _jsonl_records(path: Path, skip: int = 0) -> Iterator[tuple[int, dict[str, A
             yield number, json_object(raw, str(path), number)
 
 
-def _jsonl_blocks(path: Path, size: int, skip: int = 0) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
+def _jsonl_blocks(path: Path, size: int, skip: int = 0,
+                  digest: Any = None) -> Iterator[tuple[list[int], list[dict[str, Any]]]]:
     lines: list[int] = []
     records: list[dict[str, Any]] = []
-    for number, record in _jsonl_records(path, skip):
+    for number, record in _jsonl_records(path, skip, digest):
         lines.append(number)
         records.append(record)
         if len(records) == size:
@@ -283,13 +313,15 @@ def _jsonl_blocks(path: Path, size: int, skip: int = 0) -> Iterator[tuple[list[i
         yield lines, records
 
 
-def _scan_jsonl(path: Path, columns: Columns, checker: _RowChecker) -> tuple[int, pa.Schema]:
+def _scan_jsonl(path: Path, columns: Columns, checker: _RowChecker) -> tuple[int, pa.Schema, str]:
+    """Rows, schema and fingerprint (the file's bytes hashed as they are read, one read for both)."""
     import pyarrow as pa
 
     types: dict[str, pa.DataType] = {}  # every column in order of first appearance, with its unified type
     first_seen: dict[str, int] = {}
     rows = 0
-    for lines, records in _jsonl_blocks(path, SCAN_ROWS):
+    digest = hashlib.sha256(_file_header("", path))
+    for lines, records in _jsonl_blocks(path, SCAN_ROWS, digest=digest):
         for number, record in zip(lines, records, strict=True):
             for name in (columns.query, columns.document):
                 _check_jsonl_text(path, number, record, name)
@@ -310,7 +342,7 @@ def _scan_jsonl(path: Path, columns: Columns, checker: _RowChecker) -> tuple[int
                       arrays.get(columns.group) if columns.group else None,
                       lambda i, lines=lines: f"{path}:{lines[i]}")
         rows += len(records)
-    return rows, pa.schema(list(types.items()))
+    return rows, pa.schema(list(types.items())), digest.hexdigest()
 
 
 def _check_jsonl_text(path: Path, number: int, record: dict[str, Any], name: str) -> None:
@@ -502,8 +534,6 @@ def _parquet_chunks(scanned: TableScan, chunk_rows: int, start: int) -> Iterator
 
 def _parquet_chunk(tables: list[pa.Table], first_row: int, places: list[tuple[int, str, int]]) -> Chunk:
     import pyarrow as pa
-
-    places = list(places)
 
     def locate(i: int) -> str:
         start, path, row = next(place for place in reversed(places) if place[0] <= i)

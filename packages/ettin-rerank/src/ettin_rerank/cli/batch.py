@@ -31,8 +31,8 @@ def register(commands: argparse._SubParsersAction) -> None:
                        help="continue OUTPUT.partial, failing if there is nothing to continue (the default already "
                        "continues one of the same input and settings)")
     again.add_argument("--restart", action="store_true", help="discard OUTPUT.partial and score every row again")
-    batch.add_argument("--chunk-rows", type=int, default=4096, help="rows read, scored and written at a time")
-    batch.add_argument("--save-every", type=float, default=60.0,
+    batch.add_argument("--chunk-rows", type=int, default=None, help="rows read, scored and written at a time")
+    batch.add_argument("--save-every", type=float, default=None,
                        help="seconds of scoring between two parts saved in OUTPUT.partial (what a kill can lose)")
     batch.add_argument("--ray-address", default=None, help="run on Ray Data: 'local' (start Ray here), 'auto', or a "
                        "cluster address; default: in this process, no cluster")
@@ -63,7 +63,7 @@ def _sigterm_stops_cleanly() -> Iterator[None]:
 
 
 def _cmd_batch(args: argparse.Namespace) -> int:
-    from ettin_rerank.batch import BatchConfig, rerank_file, rerank_with_ray
+    from ettin_rerank.batch import CHUNK_ROWS, SAVE_EVERY, BatchConfig, rerank_file, rerank_with_ray
 
     engine = engine_args_from(args)
     options = options_from(args)
@@ -81,7 +81,8 @@ def _cmd_batch(args: argparse.Namespace) -> int:
         with _sigterm_stops_cleanly():
             if args.ray_address is None:
                 rows = rerank_file(args.input, args.output, config, overwrite=args.overwrite, resume=resume,
-                                   chunk_rows=args.chunk_rows, save_every=args.save_every)
+                                   chunk_rows=CHUNK_ROWS if args.chunk_rows is None else args.chunk_rows,
+                                   save_every=SAVE_EVERY if args.save_every is None else args.save_every)
             else:
                 rows = rerank_with_ray(args.input, args.output, config, address=args.ray_address, actors=args.actors,
                                        cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
