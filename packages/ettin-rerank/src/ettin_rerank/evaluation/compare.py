@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -137,8 +138,9 @@ def short_label(model: str) -> str:
 def short_labels(models: Sequence[str]) -> list[str]:
     """:func:`short_label` of each model, made unique (a folder name shared by two models gets its parent)."""
     labels = [short_label(m) for m in models]
+    shared = {label for label, count in Counter(labels).items() if count > 1}
     for i, label in enumerate(labels):
-        if labels.count(label) > 1:
+        if label in shared:
             path = Path(models[i]).expanduser().resolve()
             labels[i] = f"{path.parent.name}/{path.name}" if path.exists() else models[i]
     return labels
