@@ -102,11 +102,20 @@ def replace_folder(staging: str | Path, target: str | Path) -> None:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``: a reader
     sees the old file or the new one, never half of one."""
+    return _write_atomic(path, text, "w", "utf-8")
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """:func:`write_text_atomic` for bytes (an image, say)."""
+    return _write_atomic(path, data, "wb", None)
+
+
+def _write_atomic(path: str | Path, content: str | bytes, mode: str, encoding: str | None) -> Path:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
+        with os.fdopen(handle, mode, encoding=encoding) as out:
+            out.write(content)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)

@@ -9,9 +9,9 @@ interrupted run keeps what it measured, and a run that fails before measuring an
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -29,6 +29,7 @@ from ettin_rerank.evaluation.memory import PeakMemory
 from ettin_rerank.evaluation.metrics import Run, metrics, paired_bootstrap, per_query_metrics
 from ettin_rerank.evaluation.retrieval import Hit, QdrantRetriever
 from ettin_rerank.options import RerankOptions
+from ettin_rerank.outputs import write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -214,17 +215,15 @@ def speed_chart(retrieval: dict[str, float], models: Sequence[ModelResult], titl
 
 
 def _save_figure(fig: Figure, path: Path) -> None:
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(partial, dpi=120)
-    os.replace(partial, path)
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix.removeprefix("."), dpi=120)
+    write_bytes_atomic(path, image.getvalue())
 
 
 def _write(output: Path, record: dict[str, Any]) -> None:
     """``eval.json`` in ``output`` (created on the first write), written beside and renamed."""
     output.mkdir(parents=True, exist_ok=True)
-    partial = output / ".eval.json.partial"
-    partial.write_text(json.dumps(record, indent=2))
-    os.replace(partial, output / "eval.json")
+    write_text_atomic(output / "eval.json", json.dumps(record, indent=2))
 
 
 def evaluate(
