@@ -29,7 +29,7 @@ from ettin_rerank.evaluation.memory import PeakMemory
 from ettin_rerank.evaluation.metrics import Run, metrics, paired_bootstrap, per_query_metrics
 from ettin_rerank.evaluation.retrieval import Hit, QdrantRetriever
 from ettin_rerank.options import RerankOptions
-from ettin_rerank.outputs import write_bytes_atomic, write_text_atomic
+from ettin_rerank.outputs import check_writable, write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -220,6 +220,19 @@ def _save_figure(fig: Figure, path: Path) -> None:
     write_bytes_atomic(path, image.getvalue())
 
 
+def _check_output_folder(output: Path) -> None:
+    """``output`` can be written: a folder, or a path whose nearest existing parent is a writable folder. Nothing
+    is created here, so a run that fails before its first result leaves nothing behind."""
+    if output.exists() and not output.is_dir():
+        msg = f"--output {output} is a file; give a folder (it is created if missing)"
+        raise ValueError(msg)
+    existing = next(parent for parent in (output, *output.absolute().parents) if parent.exists())
+    if not existing.is_dir():
+        msg = f"--output {output} cannot be created: {existing} is a file"
+        raise ValueError(msg)
+    check_writable(output, argument="--output")
+
+
 def _write(output: Path, record: dict[str, Any]) -> None:
     """``eval.json`` in ``output`` (created on the first write), written beside and renamed."""
     output.mkdir(parents=True, exist_ok=True)
@@ -254,9 +267,13 @@ def evaluate(
     ``--model``); ``strict`` refuses qrels that judge queries ``queries.jsonl`` lacks (else they are left out,
     counted); ``fusion`` also reports ``alpha * retriever + (1 - alpha) * reranker`` with alpha tuned on dev
     queries of ``fusion_split``.
+
+    Raises:
+        ValueError: ``output`` is a file, lies under one, or cannot be written; checked before anything is read.
     """
     from ettin_rerank.engine.reranker import Reranker
 
+    _check_output_folder(output)
     resolved = [(name, *resolve_demo_model(None if fallback else name)) for name in models]  # fail before the work
     labels = short_labels([name for name, *_ in resolved])
     data = load_beir(data_folder, split, max_queries, allow_duplicates=allow_duplicates, strict=strict)
