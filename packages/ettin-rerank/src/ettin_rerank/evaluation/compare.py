@@ -323,7 +323,8 @@ def _fusion(data: BeirData, dev: FusionDev, dev_hits: list[list[Hit]], *, retrie
     dev_run = rerank_run(reranker, dev.queries, candidates, progress=f"Tuning fusion ({result.label})")
     items = {qid: FusionQuery(dev.qrels[qid], {h.doc_id: h.score for h in hits}, dev_run[qid])
              for qid, hits in zip(dev.queries, dev_hits, strict=True)}
-    return fusion_result(data.qrels, items, retrieved.run, result.run, top_k=top_k, dev_split=dev.split)
+    return fusion_result(data.qrels, items, retrieved.run, result.run, top_k=top_k, dev_split=dev.split,
+                         retrieval_ndcg=retrieved.per_query["NDCG@10"])
 
 
 def _print_table(retrieved: Retrieved, results: list[ModelResult]) -> None:

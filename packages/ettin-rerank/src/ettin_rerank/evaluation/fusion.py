@@ -88,11 +88,13 @@ def fusion_dev_queries(folder: str | Path, split: str, fusion_split: str | None,
 
 
 def fusion_result(qrels: Qrels, dev: dict[str, FusionQuery], retrieval: Run, rerank: Run, *, top_k: int,
-                  dev_split: str) -> dict[str, Any]:
+                  dev_split: str, retrieval_ndcg: Sequence[float] | None = None) -> dict[str, Any]:
     """Tune alpha on the ``dev`` queries (of ``dev_split``), then report the fused ranking of the evaluated queries
-    (``qrels``, with their ``retrieval`` and ``rerank`` runs) against retrieval alone."""
+    (``qrels``, with their ``retrieval`` and ``rerank`` runs) against retrieval alone (``retrieval_ndcg``: its
+    per-query NDCG@10 in ``qrels`` order, when already computed)."""
     alpha, dev_ndcg = tune_alpha(dev)
     fused_run = {qid: fused(retrieval[qid], rerank[qid], alpha) for qid in retrieval}
-    verdict = paired_bootstrap(per_query_ndcg(qrels, retrieval), per_query_ndcg(qrels, fused_run))
+    before = per_query_ndcg(qrels, retrieval) if retrieval_ndcg is None else retrieval_ndcg
+    verdict = paired_bootstrap(before, per_query_ndcg(qrels, fused_run))
     return {"alpha": alpha, "dev_split": dev_split, "dev_queries": len(dev), "dev_ndcg@10": dev_ndcg,
             "metrics": metrics(qrels, fused_run, top_k), "vs_retrieval": str(verdict)}
