@@ -277,8 +277,8 @@ def evaluate(
     resolved = [(name, *resolve_demo_model(None if fallback else name)) for name in models]  # fail before the work
     labels = short_labels([name for name, *_ in resolved])
     data = load_beir(data_folder, split, max_queries, allow_duplicates=allow_duplicates, strict=strict)
-    dev = (fusion_dev_queries(data_folder, split, fusion_split, fusion_queries, data,
-                              allow_duplicates=allow_duplicates, strict=strict) if fusion and models else None)
+    dev = (fusion_dev_queries(data_folder, split, fusion_split, fusion_queries, data, strict=strict)
+           if fusion and models else None)
     left_out = f"; {data.judged_without_text} judged quer(ies) without text left out" if data.judged_without_text \
         else ""
     print(f"{Path(data_folder).name} {split}: {len(data.queries)} queries, {len(data.corpus)} documents, "
