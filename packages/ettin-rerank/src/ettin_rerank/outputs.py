@@ -12,7 +12,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,30 @@ def check_writable(folder: str | Path, *, argument: str) -> None:
     except OSError as error:
         msg = f"{argument}: cannot write in {place} ({error.strerror or error}); choose a writable place"
         raise ValueError(msg) from None
+
+
+def check_output_folder(output: str | Path, inputs: Mapping[str, str | Path | None], *, command: str, marker: str,
+                        overwrite: bool, is_ours: Callable[[Path], bool] | None = None,
+                        argument: str = "--output") -> None:
+    """Every refusal of an output folder, before the work: :func:`check_apart` from ``inputs``,
+    :func:`check_replaceable_folder` (``command``, ``marker``, ``overwrite``, ``is_ours``), and a writable parent."""
+    check_apart(output, inputs, argument=argument)
+    check_replaceable_folder(output, command=command, marker=marker, overwrite=overwrite, is_ours=is_ours,
+                             argument=argument)
+    check_writable(Path(output).parent, argument=argument)
+
+
+@contextmanager
+def staged(output: str | Path) -> Iterator[Path]:
+    """A new :func:`staging_folder` beside ``output`` to write the result into: moved into ``output``'s place
+    (:func:`replace_folder`) when the block ends, removed when it (or the move) fails."""
+    staging = staging_folder(output)
+    try:
+        yield staging
+        replace_folder(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def staging_folder(target: str | Path) -> Path:
