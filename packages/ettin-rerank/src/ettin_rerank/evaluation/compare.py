@@ -147,6 +147,12 @@ def short_labels(models: Sequence[str]) -> list[str]:
     return labels
 
 
+def _error_bar(value: float, baseline: float, interval: dict[str, Any]) -> tuple[float, float]:
+    """How far below and above ``value`` the error bar reaches: to ``baseline`` plus the ``low`` and ``high`` ends of
+    the paired interval of the difference (never negative)."""
+    return max(0.0, value - (baseline + interval["low"])), max(0.0, baseline + interval["high"] - value)
+
+
 def bar_chart(retrieval: dict[str, float], models: Sequence[ModelResult], title: str) -> Figure:
     """One group per metric: retrieval alone, then each reranker with its paired 95% interval against retrieval
     (error bar), every bar labelled with its value."""
@@ -162,11 +168,8 @@ def bar_chart(retrieval: dict[str, float], models: Sequence[ModelResult], title:
         heights = [values[n] for n in names]
         yerr = None
         if model is not None and model.vs_retrieval:
-            low = [max(0.0, h - (retrieval[n] + model.vs_retrieval[n]["low"])) for h, n in zip(heights, names,
-                                                                                             strict=True)]
-            high = [max(0.0, retrieval[n] + model.vs_retrieval[n]["high"] - h) for h, n in zip(heights, names,
-                                                                                               strict=True)]
-            yerr = [low, high]
+            extents = [_error_bar(h, retrieval[n], model.vs_retrieval[n]) for h, n in zip(heights, names, strict=True)]
+            yerr = [[low for low, _ in extents], [high for _, high in extents]]
         bars = ax.bar(xs, heights, width, label=label, yerr=yerr, capsize=3 if yerr else 0)
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2, rotation=90 if len(series) > 3 else 0)
     ax.set_xticks(list(range(len(names))), names)
@@ -195,7 +198,8 @@ def speed_chart(retrieval: dict[str, float], models: Sequence[ModelResult], titl
         interval = model.vs_retrieval.get("NDCG@10")
         yerr = None
         if interval:
-            yerr = [[max(0.0, value - (base + interval["low"]))], [max(0.0, base + interval["high"] - value)]]
+            low, high = _error_bar(value, base, interval)
+            yerr = [[low], [high]]
         ax.errorbar([model.pairs_per_s], [value], yerr=yerr, fmt="o", capsize=4, label=model.label)
         ax.annotate(f"{model.label}\n{value:.3f}", (model.pairs_per_s, value), textcoords="offset points",
                     xytext=(6, 6), fontsize=8)

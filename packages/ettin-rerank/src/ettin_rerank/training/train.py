@@ -292,11 +292,10 @@ def train(config: TrainConfig) -> TrainReport:
 
 
 def _inputs(config: TrainConfig, base: Path) -> dict[str, str | Path | None]:
-    """Everything a run reads (or resumes from) that lives on this machine: the output may be none of them, nor
-    around or inside one."""
-    local = {"teacher": config.teacher, "retriever": config.retriever}
+    """Everything a run reads (or resumes from): the output may be none of them, nor around or inside one (those not
+    on this machine, a hub id say, are skipped by :func:`~ettin_rerank.outputs.check_apart`)."""
     return {"base model": base, "training data": config.data, "teacher cache": config.teacher_cache,
-            **{name: path for name, path in local.items() if path is not None and Path(path).exists()}}
+            "teacher": config.teacher, "retriever": config.retriever}
 
 
 def _trainer(config: TrainConfig, objective: str, data: TrainingData, base: Path, work: Path, *,
