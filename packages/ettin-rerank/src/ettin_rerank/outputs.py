@@ -1,8 +1,8 @@
 """Writing what a command produces without losing or mixing anything: never over (or around, or inside) its own
 inputs, never over what it did not write, and always beside the target first, renamed into place when complete.
 
-Used by ``batch``, ``train`` and ``calibrate``. Every check runs before the work starts and raises ``ValueError``
-naming the argument and the path.
+Used by ``batch``, ``eval``, ``train`` and ``calibrate``. Every check runs before the work starts and raises
+``ValueError`` naming the argument and the path.
 """
 
 from __future__ import annotations
