@@ -191,6 +191,16 @@ def test_charts_print_values_name_models_shortly_and_draw_the_paired_interval():
     assert points == [(240.0, 0.70), (12.0, 0.75)]
 
 
+def test_every_model_sharing_a_short_label_gets_its_parent(tmp_path, monkeypatch):
+    from ettin_rerank.evaluation.compare import short_labels
+
+    for parent in ("a", "b"):
+        (tmp_path / "rv" / parent / "model").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert short_labels(["rv/a/model", "rv/b/model"]) == ["a/model", "b/model"]
+    assert short_labels(["org1/m", "org2/m", "17m"]) == ["org1/m", "org2/m", "17m"]
+
+
 def test_bad_data_folder_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"not a BEIR-layout folder: corpus.jsonl is missing"):
         load_beir(tmp_path)

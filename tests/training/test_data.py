@@ -64,6 +64,9 @@ def test_flag_teacher_scores_follow_their_documents(tmp_path):
         ([{"query": "q", "pos": "not a list", "neg": []}], r"d\.jsonl:1: 'pos' must be a non-empty list of strings"),
         ([{"query": "q", "pos": ["p"], "neg": ["n"], "neg_scores": [1, 2]}], r"'neg_scores' must be a list of 1"),
         ([{"text": "what is this"}], r"d\.jsonl:1: cannot tell the layout"),
+        ([{"query": "q", "document": "d", "label": 10**400}], r"d\.jsonl:1: 'label' must be a finite number"),
+        ([{"query": "q", "pos": ["p"], "neg": ["n"], "neg_scores": [-(10**400)]}],
+         r"d\.jsonl:1: 'neg_scores' must be a list of 1 finite numbers"),
     ],
 )
 def test_bad_rows_are_named(tmp_path, records, message):

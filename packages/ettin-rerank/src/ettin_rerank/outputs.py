@@ -1,8 +1,8 @@
 """Writing what a command produces without losing or mixing anything: never over (or around, or inside) its own
 inputs, never over what it did not write, and always beside the target first, renamed into place when complete.
 
-Used by ``batch``, ``train`` and ``calibrate``. Every check runs before the work starts and raises ``ValueError``
-naming the argument and the path.
+Used by ``batch``, ``eval``, ``train`` and ``calibrate``. Every check runs before the work starts and raises
+``ValueError`` naming the argument and the path.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -73,6 +74,30 @@ def check_writable(folder: str | Path, *, argument: str) -> None:
         raise ValueError(msg) from None
 
 
+def check_output_folder(output: str | Path, inputs: Mapping[str, str | Path | None], *, command: str, marker: str,
+                        overwrite: bool, is_ours: Callable[[Path], bool] | None = None,
+                        argument: str = "--output") -> None:
+    """Every refusal of an output folder, before the work: :func:`check_apart` from ``inputs``,
+    :func:`check_replaceable_folder` (``command``, ``marker``, ``overwrite``, ``is_ours``), and a writable parent."""
+    check_apart(output, inputs, argument=argument)
+    check_replaceable_folder(output, command=command, marker=marker, overwrite=overwrite, is_ours=is_ours,
+                             argument=argument)
+    check_writable(Path(output).parent, argument=argument)
+
+
+@contextmanager
+def staged(output: str | Path) -> Iterator[Path]:
+    """A new :func:`staging_folder` beside ``output`` to write the result into: moved into ``output``'s place
+    (:func:`replace_folder`) when the block ends, removed when it (or the move) fails."""
+    staging = staging_folder(output)
+    try:
+        yield staging
+        replace_folder(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
 def staging_folder(target: str | Path) -> Path:
     """A new empty folder beside ``target`` (same file system, so the final rename is atomic)."""
     target = Path(target)
@@ -102,11 +127,20 @@ def replace_folder(staging: str | Path, target: str | Path) -> None:
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` to a temporary file beside ``path``, flush it to disk, then rename it over ``path``: a reader
     sees the old file or the new one, never half of one."""
+    return _write_atomic(path, text, "w", "utf-8")
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> Path:
+    """:func:`write_text_atomic` for bytes (an image, say)."""
+    return _write_atomic(path, data, "wb", None)
+
+
+def _write_atomic(path: str | Path, content: str | bytes, mode: str, encoding: str | None) -> Path:
     path = Path(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            out.write(text)
+        with os.fdopen(handle, mode, encoding=encoding) as out:
+            out.write(content)
             out.flush()
             os.fsync(out.fileno())
         os.replace(temporary, path)

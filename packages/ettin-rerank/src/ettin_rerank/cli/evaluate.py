@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ettin_rerank.cli.common import add_call_options, add_engine_args, engine_args_from, options_from
@@ -59,35 +58,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    """Checks every argument and the output folder, then runs :func:`ettin_rerank.evaluation.compare.evaluate`."""
+    """Checks every argument, then runs :func:`ettin_rerank.evaluation.compare.evaluate`."""
     from ettin_rerank.evaluation.compare import evaluate
     from ettin_rerank.validation import check_count
 
     check_count(args.top_k, "--top-k", allow_none=False)
     check_count(args.max_queries, "--max-queries")
     check_count(args.fusion_queries, "--fusion-queries", allow_none=False)
-    output = Path(args.output)
-    _check_output_folder(output)
     models = [] if args.no_rerank else (args.model or ["17m"])
-    evaluate(args.data, output, models=models, engine=engine_args_from(args, model=(models or ["17m"])[0]),
+    evaluate(args.data, Path(args.output), models=models, engine=engine_args_from(args, model=(models or ["17m"])[0]),
              options=options_from(args), fallback=not args.model, split=args.split, top_k=args.top_k,
              max_queries=args.max_queries, embedding_model=args.embedding_model, qdrant_url=args.qdrant_url,
              allow_duplicates=args.allow_duplicates, strict=args.strict, fusion=args.fusion,
              fusion_split=args.fusion_split, fusion_queries=args.fusion_queries)
     return 0
-
-
-def _check_output_folder(output: Path) -> None:
-    """``--output`` can be written: a folder, or a path whose nearest existing parent is a writable folder. Nothing
-    is created here, so a run that fails before its first result leaves nothing behind."""
-    if output.exists() and not output.is_dir():
-        msg = f"--output {output} is a file; give a folder (it is created if missing)"
-        raise ValueError(msg)
-    existing = next(parent for parent in (output, *output.absolute().parents) if parent.exists())
-    if not existing.is_dir():
-        msg = f"--output {output} cannot be created: {existing} is a file"
-        raise ValueError(msg)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        action = "written" if existing == output else "created"
-        msg = f"--output {output} cannot be {action}: {existing} is not writable"
-        raise ValueError(msg)

@@ -40,6 +40,15 @@ class BeirData:
         return f"{doc['title']} {doc['text']}".strip()
 
 
+@dataclass(frozen=True)
+class JudgedQueries:
+    """The judged queries of one split that have a text, their judgements, and how many judged ones had none."""
+
+    queries: dict[str, str]
+    qrels: Qrels
+    without_text: int = 0
+
+
 def load_beir(folder: str | Path, split: str = "test", max_queries: int | None = None, *,
               allow_duplicates: bool = False, strict: bool = False) -> BeirData:
     """Read ``corpus.jsonl``, ``queries.jsonl`` and ``qrels/<split>.tsv``; keep the judged queries that have a
@@ -55,15 +64,39 @@ def load_beir(folder: str | Path, split: str = "test", max_queries: int | None =
             query with a text.
     """
     folder = Path(folder)
-    for name in ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"):
+    _check_layout(folder, ("corpus.jsonl", "queries.jsonl", f"qrels/{split}.tsv"), max_queries)
+    corpus = _read_corpus(folder / "corpus.jsonl", allow_duplicates)
+    judged = _judged_queries(folder, split, max_queries, strict)
+    return BeirData(corpus=corpus, queries=judged.queries, qrels=judged.qrels,
+                    judged_without_text=judged.without_text)
+
+
+def load_judged_queries(folder: str | Path, split: str = "test", max_queries: int | None = None, *,
+                        strict: bool = False) -> JudgedQueries:
+    """:func:`load_beir` without the corpus: the judged queries of ``split`` that have a text, read and checked
+    the same way (for a second split of a folder whose corpus is already loaded).
+
+    Raises:
+        FileNotFoundError: ``queries.jsonl`` or ``qrels/<split>.tsv`` is missing.
+        InputError: as :func:`load_beir`, for the queries and judgements.
+    """
+    folder = Path(folder)
+    _check_layout(folder, ("queries.jsonl", f"qrels/{split}.tsv"), max_queries)
+    return _judged_queries(folder, split, max_queries, strict)
+
+
+def _check_layout(folder: Path, names: tuple[str, ...], max_queries: int | None) -> None:
+    for name in names:
         if not (folder / name).is_file():
             msg = f"{folder} is not a BEIR-layout folder: {name} is missing"
             raise FileNotFoundError(msg)
     if max_queries is not None and max_queries <= 0:
         msg = f"max_queries must be > 0, but got {max_queries}"
         raise ValueError(msg)
+
+
+def _judged_queries(folder: Path, split: str, max_queries: int | None, strict: bool) -> JudgedQueries:
     qrels_path = folder / "qrels" / f"{split}.tsv"
-    corpus = _read_corpus(folder / "corpus.jsonl", allow_duplicates)
     qrels = _read_qrels(qrels_path)
     queries = _read_queries(folder / "queries.jsonl", set(qrels))
     missing = [qid for qid in qrels if qid not in queries]
@@ -80,8 +113,7 @@ def load_beir(folder: str | Path, split: str = "test", max_queries: int | None =
         logger.warning("%s judges %d quer(ies) that queries.jsonl does not hold (%s): left out, %d evaluated "
                        "(--strict refuses such a folder)", qrels_path, len(missing), some, len(qrels) - len(missing))
     kept = [qid for qid in qrels if qid in queries][:max_queries]
-    return BeirData(corpus=corpus, queries={qid: queries[qid] for qid in kept},
-                    qrels={qid: qrels[qid] for qid in kept}, judged_without_text=len(missing))
+    return JudgedQueries({qid: queries[qid] for qid in kept}, {qid: qrels[qid] for qid in kept}, len(missing))
 
 
 def _read_corpus(path: Path, allow_duplicates: bool) -> dict[str, dict[str, str]]:

@@ -9,10 +9,11 @@ interrupted run keeps what it measured, and a run that fails before measuring an
 
 from __future__ import annotations
 
+import io
 import json
 import logging
-import os
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ from ettin_rerank.evaluation.memory import PeakMemory
 from ettin_rerank.evaluation.metrics import Run, metrics, paired_bootstrap, per_query_metrics
 from ettin_rerank.evaluation.retrieval import Hit, QdrantRetriever
 from ettin_rerank.options import RerankOptions
+from ettin_rerank.outputs import check_writable, write_bytes_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -137,11 +139,18 @@ def short_label(model: str) -> str:
 def short_labels(models: Sequence[str]) -> list[str]:
     """:func:`short_label` of each model, made unique (a folder name shared by two models gets its parent)."""
     labels = [short_label(m) for m in models]
+    shared = {label for label, count in Counter(labels).items() if count > 1}
     for i, label in enumerate(labels):
-        if labels.count(label) > 1:
+        if label in shared:
             path = Path(models[i]).expanduser().resolve()
             labels[i] = f"{path.parent.name}/{path.name}" if path.exists() else models[i]
     return labels
+
+
+def _error_bar(value: float, baseline: float, interval: dict[str, Any]) -> tuple[float, float]:
+    """How far below and above ``value`` the error bar reaches: to ``baseline`` plus the ``low`` and ``high`` ends of
+    the paired interval of the difference (never negative)."""
+    return max(0.0, value - (baseline + interval["low"])), max(0.0, baseline + interval["high"] - value)
 
 
 def bar_chart(retrieval: dict[str, float], models: Sequence[ModelResult], title: str) -> Figure:
@@ -159,11 +168,8 @@ def bar_chart(retrieval: dict[str, float], models: Sequence[ModelResult], title:
         heights = [values[n] for n in names]
         yerr = None
         if model is not None and model.vs_retrieval:
-            low = [max(0.0, h - (retrieval[n] + model.vs_retrieval[n]["low"])) for h, n in zip(heights, names,
-                                                                                             strict=True)]
-            high = [max(0.0, retrieval[n] + model.vs_retrieval[n]["high"] - h) for h, n in zip(heights, names,
-                                                                                               strict=True)]
-            yerr = [low, high]
+            extents = [_error_bar(h, retrieval[n], model.vs_retrieval[n]) for h, n in zip(heights, names, strict=True)]
+            yerr = [[low for low, _ in extents], [high for _, high in extents]]
         bars = ax.bar(xs, heights, width, label=label, yerr=yerr, capsize=3 if yerr else 0)
         ax.bar_label(bars, fmt="%.3f", fontsize=7, padding=2, rotation=90 if len(series) > 3 else 0)
     ax.set_xticks(list(range(len(names))), names)
@@ -192,7 +198,8 @@ def speed_chart(retrieval: dict[str, float], models: Sequence[ModelResult], titl
         interval = model.vs_retrieval.get("NDCG@10")
         yerr = None
         if interval:
-            yerr = [[max(0.0, value - (base + interval["low"]))], [max(0.0, base + interval["high"] - value)]]
+            low, high = _error_bar(value, base, interval)
+            yerr = [[low], [high]]
         ax.errorbar([model.pairs_per_s], [value], yerr=yerr, fmt="o", capsize=4, label=model.label)
         ax.annotate(f"{model.label}\n{value:.3f}", (model.pairs_per_s, value), textcoords="offset points",
                     xytext=(6, 6), fontsize=8)
@@ -212,17 +219,28 @@ def speed_chart(retrieval: dict[str, float], models: Sequence[ModelResult], titl
 
 
 def _save_figure(fig: Figure, path: Path) -> None:
-    partial = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(partial, dpi=120)
-    os.replace(partial, path)
+    image = io.BytesIO()
+    fig.savefig(image, format=path.suffix.removeprefix("."), dpi=120)
+    write_bytes_atomic(path, image.getvalue())
+
+
+def _check_output_folder(output: Path) -> None:
+    """``output`` can be written: a folder, or a path whose nearest existing parent is a writable folder. Nothing
+    is created here, so a run that fails before its first result leaves nothing behind."""
+    if output.exists() and not output.is_dir():
+        msg = f"--output {output} is a file; give a folder (it is created if missing)"
+        raise ValueError(msg)
+    existing = next(parent for parent in (output, *output.absolute().parents) if parent.exists())
+    if not existing.is_dir():
+        msg = f"--output {output} cannot be created: {existing} is a file"
+        raise ValueError(msg)
+    check_writable(output, argument="--output")
 
 
 def _write(output: Path, record: dict[str, Any]) -> None:
     """``eval.json`` in ``output`` (created on the first write), written beside and renamed."""
     output.mkdir(parents=True, exist_ok=True)
-    partial = output / ".eval.json.partial"
-    partial.write_text(json.dumps(record, indent=2))
-    os.replace(partial, output / "eval.json")
+    write_text_atomic(output / "eval.json", json.dumps(record, indent=2))
 
 
 def evaluate(
@@ -253,14 +271,18 @@ def evaluate(
     ``--model``); ``strict`` refuses qrels that judge queries ``queries.jsonl`` lacks (else they are left out,
     counted); ``fusion`` also reports ``alpha * retriever + (1 - alpha) * reranker`` with alpha tuned on dev
     queries of ``fusion_split``.
+
+    Raises:
+        ValueError: ``output`` is a file, lies under one, or cannot be written; checked before anything is read.
     """
     from ettin_rerank.engine.reranker import Reranker
 
+    _check_output_folder(output)
     resolved = [(name, *resolve_demo_model(None if fallback else name)) for name in models]  # fail before the work
     labels = short_labels([name for name, *_ in resolved])
     data = load_beir(data_folder, split, max_queries, allow_duplicates=allow_duplicates, strict=strict)
-    dev = (fusion_dev_queries(data_folder, split, fusion_split, fusion_queries, data,
-                              allow_duplicates=allow_duplicates, strict=strict) if fusion and models else None)
+    dev = (fusion_dev_queries(data_folder, split, fusion_split, fusion_queries, data, strict=strict)
+           if fusion and models else None)
     left_out = f"; {data.judged_without_text} judged quer(ies) without text left out" if data.judged_without_text \
         else ""
     print(f"{Path(data_folder).name} {split}: {len(data.queries)} queries, {len(data.corpus)} documents, "
@@ -305,7 +327,8 @@ def _fusion(data: BeirData, dev: FusionDev, dev_hits: list[list[Hit]], *, retrie
     dev_run = rerank_run(reranker, dev.queries, candidates, progress=f"Tuning fusion ({result.label})")
     items = {qid: FusionQuery(dev.qrels[qid], {h.doc_id: h.score for h in hits}, dev_run[qid])
              for qid, hits in zip(dev.queries, dev_hits, strict=True)}
-    return fusion_result(data.qrels, items, retrieved.run, result.run, top_k=top_k, dev_split=dev.split)
+    return fusion_result(data.qrels, items, retrieved.run, result.run, top_k=top_k, dev_split=dev.split,
+                         retrieval_ndcg=retrieved.per_query["NDCG@10"])
 
 
 def _print_table(retrieved: Retrieved, results: list[ModelResult]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import textwrap
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
@@ -68,6 +68,11 @@ def embedding_label(model: str) -> str:
     return "all-MiniLM-L6-v2 (offline package)" if model == default_embedding_model() else model
 
 
+def _document_text(document: Mapping[str, str]) -> str:
+    """What is embedded and reranked of a demo document: its title, then its text."""
+    return f"{document['title']}\n{document['text']}"
+
+
 def _snippet(text: str, width: int) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
@@ -110,7 +115,7 @@ def _run_demo(engine: EngineArgs | None, options: RerankOptions | None, *, fallb
     retriever = QdrantRetriever(embedding_model, url=qdrant_url, path=qdrant_path, collection="ettin-demo")
     load_embedder = time.perf_counter() - start
     index_seconds = retriever.index(
-        [d["_id"] for d in corpus], [f"{d['title']}\n{d['text']}" for d in corpus],
+        [d["_id"] for d in corpus], [_document_text(d) for d in corpus],
         [{"title": d["title"], "text": d["text"]} for d in corpus],
     )
     start = time.perf_counter()
@@ -140,7 +145,7 @@ def _warm_up(query: str, retriever: QdrantRetriever, reranker: Reranker, top_k: 
     """One untimed pass through both stages: the first pass of a model pays one-off set-up costs (kernels, thread
     pools, allocator), which would otherwise be billed to the first query's timings."""
     [hits] = retriever.search([query], top_k)
-    reranker.rerank(query, [f"{h.payload['title']}\n{h.payload['text']}" for h in hits])
+    reranker.rerank(query, [_document_text(h.payload) for h in hits])
 
 
 def _show_query(query: str, retriever: QdrantRetriever, reranker: Reranker, top_k: int, show: int) -> None:
@@ -148,7 +153,7 @@ def _show_query(query: str, retriever: QdrantRetriever, reranker: Reranker, top_
     [hits] = retriever.search([query], top_k)
     retrieve_ms = (time.perf_counter() - start) * 1000
     start = time.perf_counter()
-    texts = [f"{h.payload['title']}\n{h.payload['text']}" for h in hits]
+    texts = [_document_text(h.payload) for h in hits]
     ranked = reranker.rerank(query, texts, return_documents=True)
     rerank_ms = (time.perf_counter() - start) * 1000
     print(f"\nQuery: {query}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ettin_rerank.evaluation.beir import BeirData, Qrels, load_beir
+from ettin_rerank.evaluation.beir import BeirData, Qrels, load_judged_queries
 from ettin_rerank.evaluation.metrics import Run, metrics, ndcg_at_10, paired_bootstrap, per_query_ndcg
 from ettin_rerank.results import fuse
 
@@ -56,7 +56,7 @@ class FusionDev:
 
 
 def fusion_dev_queries(folder: str | Path, split: str, fusion_split: str | None, fusion_queries: int,
-                       test: BeirData, *, allow_duplicates: bool = False, strict: bool = False) -> FusionDev:
+                       test: BeirData, *, strict: bool = False) -> FusionDev:
     """``fusion_split`` (default ``dev`` when the folder has it, else ``train``), never a query of the evaluated
     ``split``, at most ``fusion_queries`` of them.
 
@@ -79,7 +79,7 @@ def fusion_dev_queries(folder: str | Path, split: str, fusion_split: str | None,
     if chosen == split:
         msg = f"--fusion-split {chosen} is the evaluated split: tuning there would leak the test queries"
         raise ValueError(msg)
-    dev = load_beir(folder, chosen, allow_duplicates=allow_duplicates, strict=strict)
+    dev = load_judged_queries(folder, chosen, strict=strict)  # the corpus is the evaluated split's, read once
     kept = [q for q in dev.queries if q not in test.queries][:fusion_queries]
     if not kept:
         msg = f"split {chosen} has no query outside the evaluated split to tune the fusion weight on"
@@ -88,11 +88,13 @@ def fusion_dev_queries(folder: str | Path, split: str, fusion_split: str | None,
 
 
 def fusion_result(qrels: Qrels, dev: dict[str, FusionQuery], retrieval: Run, rerank: Run, *, top_k: int,
-                  dev_split: str) -> dict[str, Any]:
+                  dev_split: str, retrieval_ndcg: Sequence[float] | None = None) -> dict[str, Any]:
     """Tune alpha on the ``dev`` queries (of ``dev_split``), then report the fused ranking of the evaluated queries
-    (``qrels``, with their ``retrieval`` and ``rerank`` runs) against retrieval alone."""
+    (``qrels``, with their ``retrieval`` and ``rerank`` runs) against retrieval alone (``retrieval_ndcg``: its
+    per-query NDCG@10 in ``qrels`` order, when already computed)."""
     alpha, dev_ndcg = tune_alpha(dev)
     fused_run = {qid: fused(retrieval[qid], rerank[qid], alpha) for qid in retrieval}
-    verdict = paired_bootstrap(per_query_ndcg(qrels, retrieval), per_query_ndcg(qrels, fused_run))
+    before = per_query_ndcg(qrels, retrieval) if retrieval_ndcg is None else retrieval_ndcg
+    verdict = paired_bootstrap(before, per_query_ndcg(qrels, fused_run))
     return {"alpha": alpha, "dev_split": dev_split, "dev_queries": len(dev), "dev_ndcg@10": dev_ndcg,
             "metrics": metrics(qrels, fused_run, top_k), "vs_retrieval": str(verdict)}

@@ -32,9 +32,14 @@ def metrics(qrels: Qrels, run: Run, top_k: int) -> dict[str, float]:
 def per_query_metrics(qrels: Qrels, run: Run, top_k: int) -> dict[str, list[float]]:
     """Each of :func:`metrics`' measures for each query of ``qrels`` (0 for a query the run lacks), in ``qrels``
     order: what a paired comparison of two runs resamples."""
+    return _per_query(qrels, run, _measures(top_k))
+
+
+def _per_query(qrels: Qrels, run: Run, measures: dict[str, Any]) -> dict[str, list[float]]:
+    """Each of ``measures`` (name -> ir-measures measure) for each query of ``qrels``, in ``qrels`` order; 0 for a
+    query the run lacks."""
     import ir_measures
 
-    measures = _measures(top_k)
     names = {str(measure): name for name, measure in measures.items()}
     values: dict[str, dict[str, float]] = {name: {} for name in measures}
     for row in ir_measures.iter_calc(list(measures.values()), qrels, run):
@@ -97,8 +102,6 @@ def paired_bootstrap(before: Sequence[float], after: Sequence[float], *, resampl
 
 def per_query_ndcg(qrels: Qrels, run: Run) -> list[float]:
     """NDCG@10 of each query of ``qrels`` (0 for a query the run lacks), in ``qrels`` order."""
-    import ir_measures
     from ir_measures import nDCG
 
-    values = {m.query_id: m.value for m in ir_measures.iter_calc([nDCG @ 10], qrels, run)}
-    return [values.get(q, 0.0) for q in qrels]
+    return _per_query(qrels, run, {"NDCG@10": nDCG @ 10})["NDCG@10"]

@@ -21,15 +21,7 @@ import numpy as np
 
 from ettin_rerank.args import EngineArgs
 from ettin_rerank.engine.activation import CALIBRATION_FILE, Calibration, sigmoid
-from ettin_rerank.outputs import (
-    check_apart,
-    check_replaceable_folder,
-    check_writable,
-    read_json_object,
-    replace_folder,
-    staging_folder,
-    write_text_atomic,
-)
+from ettin_rerank.outputs import check_output_folder, check_writable, read_json_object, staged, write_text_atomic
 
 WRITTEN_BY = "ettin-rerank calibrate"
 
@@ -146,11 +138,10 @@ def calibrate(engine: EngineArgs, data: str, *, output: str | None = None, overw
                                                   local_files_only=engine.local_files_only))
     copy = output is not None and Path(output).resolve() != folder.resolve()
     if copy:
-        check_apart(output, {"model": folder, "calibration data": data})
-        check_replaceable_folder(output, command="calibrate", marker=CALIBRATION_FILE, overwrite=overwrite,
-                                 is_ours=lambda existing: "copy_of" in (read_json_object(existing / CALIBRATION_FILE)
-                                                                         or {}))
-        check_writable(Path(output).parent, argument="--output")
+        check_output_folder(output, {"model": folder, "calibration data": data}, command="calibrate",
+                            marker=CALIBRATION_FILE, overwrite=overwrite,
+                            is_ours=lambda existing: "copy_of" in (read_json_object(existing / CALIBRATION_FILE)
+                                                                    or {}))
     else:
         if _in_hub_cache(folder):
             msg = f"{model} lives in the Hugging Face cache; give --output to write a calibrated copy elsewhere"
@@ -174,14 +165,9 @@ def calibrate(engine: EngineArgs, data: str, *, output: str | None = None, overw
     if not copy:
         path = write_calibration(folder, calibration, **details)
         return CalibrationReport(calibration, before, after, fitted, tested, str(path))
-    staging = staging_folder(output)
-    try:
+    with staged(output) as staging:
         shutil.copytree(folder, staging, dirs_exist_ok=True)
         write_calibration(staging, calibration, **details, copy_of=str(folder))
-        replace_folder(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return CalibrationReport(calibration, before, after, fitted, tested, str(Path(output) / CALIBRATION_FILE))
 
 

@@ -176,7 +176,7 @@ def _number(record: dict[str, Any], key: str, where: str) -> float | None:
     value = record.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not _finite_number(value):
         msg = f"{where}: '{key}' must be a finite number, got {value!r}"
         raise InputError(msg)
     return float(value)
@@ -186,8 +186,17 @@ def _numbers(record: dict[str, Any], key: str, where: str, count: int) -> list[f
     value = record.get(key)
     if value is None:
         return None
-    if not isinstance(value, list) or len(value) != count or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value):
+    if not isinstance(value, list) or len(value) != count or not all(_finite_number(v) for v in value):
         msg = f"{where}: '{key}' must be a list of {count} finite numbers, one per document"
         raise InputError(msg)
     return [float(v) for v in value]
+
+
+def _finite_number(value: Any) -> bool:
+    """A JSON number that is a finite float: not a bool, NaN or infinity, nor an integer too large for a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False

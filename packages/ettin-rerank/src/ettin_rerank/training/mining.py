@@ -8,7 +8,7 @@ import random
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ettin_rerank.evaluation.beir import BeirData, Qrels, load_beir
+from ettin_rerank.evaluation.beir import BeirData, Qrels, load_beir, load_judged_queries
 from ettin_rerank.evaluation.compare import search_corpus
 from ettin_rerank.training.data import Example, TrainingData, add_random_negatives
 
@@ -43,7 +43,7 @@ def prepare_beir(
     data = load_beir(folder, split)
     heldout_qrels: Qrels
     if heldout_split is not None:
-        held = load_beir(folder, heldout_split)
+        held = load_judged_queries(folder, heldout_split)  # the corpus is read once, with the training split
         heldout_qrels = held.qrels
         train_ids = [q for q in data.queries if q not in held.qrels]
         queries = {**data.queries, **held.queries}

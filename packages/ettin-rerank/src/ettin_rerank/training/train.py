@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ettin_rerank.args import EngineArgs
-from ettin_rerank.outputs import check_apart, check_replaceable_folder, check_writable, replace_folder, staging_folder
+from ettin_rerank.outputs import check_apart, check_output_folder, staged
 from ettin_rerank.training.data import Example, TrainingData
 from ettin_rerank.training.report import Heldout, Verdict, doc_key, evaluate, heldout_from_scores, heldout_of, verdict
 
@@ -248,10 +248,11 @@ def train(config: TrainConfig) -> TrainReport:
     started = time.perf_counter()
     base_path = resolve_model_path(config.base, HubOptions())
     output = Path(config.output)
-    check_apart(output, _inputs(config, base_path))
-    if not config.dry_run:
-        check_replaceable_folder(output, command="train", marker=RECORD_FILE, overwrite=config.overwrite)
-        check_writable(output.parent, argument="--output")
+    if config.dry_run:
+        check_apart(output, _inputs(config, base_path))
+    else:
+        check_output_folder(output, _inputs(config, base_path), command="train", marker=RECORD_FILE,
+                            overwrite=config.overwrite)
     data = load_data(config)
     objective = resolve_objective(config, data)
     heldout = heldout_of(data)
@@ -275,8 +276,7 @@ def train(config: TrainConfig) -> TrainReport:
     start = time.perf_counter()
     report.before = evaluate(replace(config.engine_args, model=base_path), data, heldout)
     seconds["evaluate_before"] = time.perf_counter() - start
-    staging = staging_folder(output)  # the new model is complete before it takes the output's place
-    try:
+    with staged(output) as staging:  # the new model is complete before it takes the output's place
         start = time.perf_counter()
         report.steps, report.evaluations = _fit(config, objective, data, base_path, staging)
         seconds["train"] = time.perf_counter() - start
@@ -288,19 +288,14 @@ def train(config: TrainConfig) -> TrainReport:
         report.output = str(output)
         report.seconds = seconds
         _write_record(config, report, staging)
-        replace_folder(staging, output)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return report
 
 
 def _inputs(config: TrainConfig, base: Path) -> dict[str, str | Path | None]:
-    """Everything a run reads (or resumes from) that lives on this machine: the output may be none of them, nor
-    around or inside one."""
-    local = {"teacher": config.teacher, "retriever": config.retriever}
+    """Everything a run reads (or resumes from): the output may be none of them, nor around or inside one (those not
+    on this machine, a hub id say, are skipped by :func:`~ettin_rerank.outputs.check_apart`)."""
     return {"base model": base, "training data": config.data, "teacher cache": config.teacher_cache,
-            **{name: path for name, path in local.items() if path is not None and Path(path).exists()}}
+            "teacher": config.teacher, "retriever": config.retriever}
 
 
 def _trainer(config: TrainConfig, objective: str, data: TrainingData, base: Path, work: Path, *,
