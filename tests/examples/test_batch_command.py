@@ -235,6 +235,7 @@ def test_the_hub_token_is_written_into_no_output(pairs_jsonl, tmp_path, tiny_che
     config = BatchConfig(model=str(tiny_checkpoint), engine_options={"device": "cpu", "dtype": "float32",
                                                                      "token": token, "local_files_only": True})
     assert token not in json.dumps(config.settings())
+    assert token not in repr(config) and "'token': '***'" in repr(config) and "local_files_only" in repr(config)
     with pytest.raises(KeyboardInterrupt):
         rerank_file(path, out, config, chunk_rows=10, save_every=0, engine=_StopsAfterOneChunk(reranker),
                     show_progress_bar=False)

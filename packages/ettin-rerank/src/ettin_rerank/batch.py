@@ -28,7 +28,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +92,12 @@ class BatchConfig:
     group_column: str | None = None
     activation: str = "none"
     engine_options: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """The fields, with a hub ``token`` in ``engine_options`` shown as ``'***'``."""
+        options = {name: "***" if name == "token" and value else value for name, value in self.engine_options.items()}
+        named = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.name != "engine_options")
+        return f"BatchConfig({named}, engine_options={options!r})"
 
     def __post_init__(self) -> None:
         unknown = set(self.engine_options) - {*EngineArgs.names(), *RerankOptions.names()} - {"model"}
