@@ -8,7 +8,8 @@ the engine never picks it). Suites:
 
 - ``natural``: short questions x passages at their natural lengths, max_length 512 (SciFact when
   ``../shared/assets/scifact`` is there, else synthetic text of a similar length mix);
-- ``latency``: one RAG call, 1 query x 20 and 1 x 100 passages: the first call after loading, then p50/p95;
+- ``latency``: one RAG call, 1 query x 20 and 1 x 100 passages: the first call after loading, then p50/p95 (for
+  every shape when asked for by ``--suites``, else the first);
 - ``classifier``: a ``ModernBertForSequenceClassification`` checkpoint of ModernBERT-base's shape (the layout of
   gte-reranker-modernbert-base and granite-embedding-reranker-english-r2), packed here, padded in transformers;
 - ``long``: documents of 1K-8K tokens read whole (max_length 8K);
@@ -21,6 +22,9 @@ the engine never picks it). Suites:
   on an export of the same model (the runtime FastEmbed, FlashRank and infinity's optimum backend use);
 - ``contention`` (``--contention N``): the natural mix while N busy neighbour processes spin on the same CPUs,
   with the engine's thread governor and without it (threads fixed, the behaviour before issue 25).
+
+Where the default runs batches in flight on OpenVINO streams (AVX2), ``natural`` and ``latency`` also run it one
+batch at a time (the behaviour before), side by side.
 
 Checkpoints have their output layer rescaled so that logits span the released models' range (-12..22): rank
 agreement and rounding ties (``ties``: tied pairs within a query that the exact path does not tie) are measured
@@ -38,6 +42,7 @@ of this engine, and reports tokens/s and the share of the GPU's bf16 peak reache
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -47,16 +52,18 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from unittest import mock
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
 import torch
 from ettin_rerank import Reranker, build_untrained_checkpoint, ettin_shape
+from ettin_rerank.engine import reranker as reranker_module
 from ettin_rerank.evaluation.memory import PeakMemory
 from scipy.stats import spearmanr
 
@@ -140,9 +147,14 @@ def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
         Variant("ettin-rerank fp32 (exact)", ours("float32", runtime="torch"), baseline="ST fp32 (default load)"),
     ]
     if device == "cpu":
-        default = Reranker(folder, device=device, max_length=max_length, long_document_strategy="truncate")
+        load = functools.partial(Reranker, folder, device=device, max_length=max_length,
+                                 long_document_strategy="truncate")
+        default = load()
         label = f"ettin-rerank default ({default.runtime} {str(default.dtype).removeprefix('torch.')})"
         variants.append(Variant(label, default.score_pairs, baseline="ST fp32 (default load)"))
+        if uses_streams(default):
+            variants.append(Variant("default, one batch at a time (before)", one_batch_at_a_time(load).score_pairs,
+                                    baseline="ST fp32 (default load)"))
     if device == "cuda":
         fast = _st_fast_attention()
         variants.append(Variant(f"ST bf16 + {fast}", st({"dtype": torch.bfloat16, "attn_implementation": fast})))
@@ -155,6 +167,17 @@ def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
         variants.append(Variant("ST bf16", st({"dtype": torch.bfloat16})))
         variants.append(Variant("ettin-rerank bf16 (fast)", ours("bfloat16"), baseline="ST bf16"))
     return variants
+
+
+def uses_streams(engine: Reranker) -> bool:
+    """Whether the engine runs batches in flight on OpenVINO streams (this CPU kind's measured default)."""
+    return getattr(engine._scorer, "streams", 1) > 1
+
+
+def one_batch_at_a_time(load: Callable[[], Reranker]) -> Reranker:
+    """The engine as it ran before batches went in flight on OpenVINO streams: one batch at a time."""
+    with mock.patch.object(reranker_module, "openvino_streams", lambda kind: 1):
+        return load()
 
 
 def int8_variant(folder: Path, max_length: int) -> Variant:
@@ -284,9 +307,10 @@ def latency_suite(folder: Path, device: str, queries: list[tuple[str, list[str]]
         return lambda query, documents: model.predict([(query, d) for d in documents], batch_size=32,
                                                       activation_fn=identity)
 
-    loaders = {"ST (default load)": load_st,
-               "ettin-rerank (default)": lambda: Reranker(folder, device=device, max_length=512).score}
-    calls_by_name = {name: load() for name, load in loaders.items()}
+    load = functools.partial(Reranker, folder, device=device, max_length=512)
+    calls_by_name = {"ST (default load)": load_st(), "ettin-rerank (default)": (default := load()).score}
+    if uses_streams(default):
+        calls_by_name["ettin-rerank (default, one batch at a time)"] = one_batch_at_a_time(load).score
     report = {}
     for size in sorted({len(d) for _, d in queries}):
         calls = [(q, d) for q, d in queries if len(d) == size]
@@ -554,7 +578,7 @@ def main() -> int:
                   f"{mem['seconds']:.1f} s, peak memory +{mem['peak_mib']:.0f} MiB "
                   f"(batch_tokens {mem['batch_tokens']})")
             result["memory"] = mem
-        if "latency" in suites and shape_name == shapes[0]:
+        if "latency" in suites and (args.suites or shape_name == shapes[0]):  # asked for: every shape
             by_query: dict[str, list[str]] = {}
             for query, document in natural_pairs(3000, seed=7)[0]:
                 by_query.setdefault(query, []).append(document)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import time
 
 import numpy as np
@@ -16,7 +17,9 @@ import torch
 from ettin_rerank import Reranker
 from ettin_rerank.engine import device as engine_device
 from ettin_rerank.engine import openvino_runtime
-from ettin_rerank.errors import ModelLoadError
+from ettin_rerank.engine import reranker as reranker_module
+from ettin_rerank.engine.budget import stream_batches, token_budget_batches
+from ettin_rerank.errors import CancelledError, ModelLoadError
 from scipy.stats import spearmanr
 
 needs_openvino = pytest.mark.skipif(not openvino_runtime.openvino_available(), reason="needs ettin-rerank[openvino]")
@@ -328,3 +331,81 @@ def test_openvino_compiles_a_few_thread_counts_not_one_per_count():
     assert [openvino_runtime.compiled_threads(t, 2) for t in (1, 2)] == [1, 2], "2 cores: as the governor says"
     assert {openvino_runtime.compiled_threads(t, 64) for t in range(1, 65)} == {64, 32, 16, 8, 4, 2, 1}
     assert [openvino_runtime.compiled_threads(t, 6) for t in range(1, 7)] == [1, 1, 3, 3, 3, 6]
+
+
+def test_batches_share_the_budget_only_when_there_are_enough_to_keep_the_streams_busy():
+    """Two streams: batches under half the budget each, if there are at least two per stream; a few batches run
+    one at a time under the whole budget (on all the threads)."""
+    many, streams = stream_batches([100] * 40, 1000, None, 2)
+    assert streams == 2 and len(many) == 8 and all(len(b) * 100 <= 500 for b in many)
+    assert sorted(i for b in many for i in b) == list(range(40))
+    few, streams = stream_batches([300, 200], 1000, None, 2)
+    assert (few, streams) == ([[0, 1]], 1), "2 x 300 tokens fit the whole budget: one batch"
+    assert stream_batches([100] * 40, 1000, None, 1) == (token_budget_batches([100] * 40, 1000), 1)
+
+
+@pytest.fixture
+def two_streams(ov_cache, wide_checkpoint, monkeypatch):
+    """An OpenVINO engine that runs batches two at a time (AVX2's measured default) on two fixed threads, with a
+    record of the batches run alone (:meth:`OpenVINOScorer.__call__`) rather than in flight."""
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs")
+    monkeypatch.setattr(reranker_module, "openvino_streams", lambda kind: 2)
+    engine = Reranker(wide_checkpoint, device="cpu", dtype="float32", runtime="openvino", threads=2,
+                      batch_tokens=512)
+    assert engine._scorer.streams == 2
+    alone: list[int] = []
+    run_alone = openvino_runtime.OpenVINOScorer.__call__
+
+    def recorded(scorer, windows):
+        alone.append(len(windows))
+        return run_alone(scorer, windows)
+
+    monkeypatch.setattr(openvino_runtime.OpenVINOScorer, "__call__", recorded)
+    return engine, alone
+
+
+@needs_openvino
+def test_batches_in_flight_keep_each_score_with_its_document(two_streams, exact, wide_texts, make_text):
+    """Batches finish in any order on two streams: every score still lands on its own document; a window over
+    its share of the budget (256 tokens) runs alone on both threads, the others in flight."""
+    engine, alone = two_streams
+    documents = [*wide_texts, make_text(300)]
+    options = {"max_length": 512}
+    assert np.allclose(engine.score(QUERY, documents, **options), exact.score(QUERY, documents, **options),
+                       atol=1e-4, rtol=1e-5)
+    assert alone == [1], "only the long document's window ran alone"
+
+
+@needs_openvino
+def test_under_contention_batches_run_one_at_a_time_on_one_stream(two_streams, exact, wide_texts):
+    """With one thread free, every batch runs alone on one stream of the two-stream model (no third compile)."""
+    engine, alone = two_streams
+    engine._threads.choose = lambda: 1
+    assert np.allclose(engine.score(QUERY, wide_texts), exact.score(QUERY, wide_texts), atol=1e-4, rtol=1e-5)
+    scorer = engine._scorer
+    assert len(alone) > 4 and set(scorer._compiled) == {1, 2} and scorer._compiled[1] is scorer._split
+
+
+@needs_openvino
+def test_a_call_cancelled_with_batches_in_flight_leaves_the_engine_usable(two_streams, exact, wide_texts):
+    class CancelledAfterThreeBatches(threading.Event):
+        checks = 0
+
+        def is_set(self) -> bool:
+            self.checks += 1
+            return self.checks > 3
+
+    engine, _ = two_streams
+    prepared = engine.prepare([QUERY], [(0, text) for text in wide_texts])
+    with pytest.raises(CancelledError):
+        engine.score_windows(prepared.windows, CancelledAfterThreeBatches())
+    assert np.allclose(engine.score(QUERY, wide_texts), exact.score(QUERY, wide_texts), atol=1e-4, rtol=1e-5)
+
+
+@needs_openvino
+def test_a_large_encoder_runs_one_stream_not_a_second_copy_of_its_weights(ov_cache, wide_checkpoint, monkeypatch):
+    monkeypatch.setattr(reranker_module, "openvino_streams", lambda kind: 2)
+    monkeypatch.setattr(openvino_runtime, "STREAMS_MAX_WEIGHT_BYTES", 1)
+    engine = Reranker(wide_checkpoint, device="cpu", dtype="float32", runtime="openvino", threads=2)
+    assert engine._scorer.streams == 1 and engine._scorer._split is None

@@ -129,10 +129,33 @@ def test_the_governor_follows_the_other_processes_load(tmp_path):
     governor._last = governor._read()
     busy = 0
     for others_busy, expected in ((0.0, 2), (1.0, 1), (2.0, 1), (0.1, 2)):
-        time.sleep(0.1)
-        busy += int(others_busy / len(cpus) * 0.1 * ticks)  # per CPU, over 0.1 s
+        time.sleep(0.3)
+        busy += int(others_busy / len(cpus) * 0.3 * ticks)  # per CPU, over 0.3 s
         _write_stat(stat, cpus, busy, 10_000)
         assert governor.choose() == expected, (others_busy, governor.others_busy)
+
+
+def test_a_tick_between_close_readings_is_not_a_neighbour(tmp_path):
+    """The kernel counts CPU time in ticks (10 ms): a neighbour at 5% of each CPU steps each counter by one tick
+    now and then. Read 50 ms apart (the engine reads between batches), one step looked like 0.4 CPUs busy and took a
+    thread away; the governor decides over longer intervals, and keeps both."""
+    stat = tmp_path / "stat"
+    cpus = sorted(os.sched_getaffinity(0))[:2]
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    tick = 1 / os.sysconf("SC_CLK_TCK")
+    _write_stat(stat, cpus, 0, 0)
+    governor = ThreadGovernor(2, stat_path=stat)
+    governor.cpus = cpus
+    governor._last = governor._read()
+    start = time.monotonic()
+    chosen = []
+    while time.monotonic() - start < 1.5:
+        time.sleep(0.05)
+        ticks = int(0.05 * (time.monotonic() - start) / tick)  # each CPU: 5% busy, whole ticks
+        _write_stat(stat, cpus, ticks, 10_000)
+        chosen.append(governor.choose())
+    assert set(chosen) == {2}, chosen
 
 
 SPIN = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end:\n    pass\n"

@@ -1,4 +1,5 @@
-"""Token-budget batching: longest inputs first, each batch under a token budget, input order restored after."""
+"""Token-budget batching: longest inputs first, each batch under a token budget, input order restored after; with
+several streams, the budget shared between the batches in flight."""
 
 from __future__ import annotations
 
@@ -26,3 +27,16 @@ def token_budget_batches(lengths: Sequence[int], budget: int, max_count: int | N
     if current:
         batches.append(current)
     return batches
+
+
+def stream_batches(lengths: Sequence[int], budget: int, max_count: int | None,
+                   streams: int) -> tuple[list[list[int]], int]:
+    """Batches for ``streams`` forward passes in flight at once, each under its share ``budget // streams``, and
+    the number of streams to run them on: 1, with batches under the whole budget, when the shares would make fewer
+    than two batches per stream (the streams would not be kept busy: a few batches run fastest one at a time on all
+    the threads)."""
+    if streams > 1:
+        batches = token_budget_batches(lengths, max(1, budget // streams), max_count)
+        if len(batches) >= 2 * streams:
+            return batches, streams
+    return token_budget_batches(lengths, budget, max_count), 1

@@ -98,6 +98,9 @@ class KindDefault:
 
     runtime: str
     source: str
+    openvino_streams: int = 1
+    """Streams a batch of several windows is split across on OpenVINO (see
+    :class:`~ettin_rerank.engine.openvino_runtime.OpenVINOScorer`): more than 1 only where measured faster."""
 
 
 KIND_DEFAULTS: dict[str, KindDefault] = {
@@ -106,9 +109,18 @@ KIND_DEFAULTS: dict[str, KindDefault] = {
     "avx512_bf16": KindDefault("torch", "no OpenVINO measurement on this kind yet: PyTorch, as measured in "
                                         "benchmarks/results/cpu-x86-64-full-2026-11-24.txt"),
     "avx2": KindDefault("openvino", "benchmarks/results/cpu-x86-64-avx2-peers-quiet.json: OpenVINO f32 3.13x ST "
-                                    "fp32 vs this engine's torch fp32 2.55x (17m), 1.71x vs 1.68x (150m), same scores"),
+                                    "fp32 vs this engine's torch fp32 2.55x (17m), 1.71x vs 1.68x (150m), same scores; "
+                                    "benchmarks/results/cpu-x86-64-avx2-latency-natural.json: two batches in flight "
+                                    "on streams of 1 thread, 1.25x pairs/s and 1.08x RAG p50 vs one at a time",
+                        openvino_streams=2),
 }
 """The default runtime per CPU kind (dtype: bfloat16 where native, else float32, as :func:`resolve_dtype`)."""
+
+
+def openvino_streams(kind: str | None) -> int:
+    """How many OpenVINO streams share a batch on this CPU kind (:attr:`KindDefault.openvino_streams`)."""
+    default = KIND_DEFAULTS.get(kind or "")
+    return default.openvino_streams if default else 1
 
 
 def cpu_kind() -> str:

@@ -4,10 +4,12 @@ The checkpoint's encoder and pooling (:class:`~ettin_rerank.engine.export.Padded
 OpenVINO's format and kept on disk (``$ETTIN_RERANK_CACHE``, else ``~/.cache/ettin-rerank/openvino``), keyed by
 the checkpoint's weights and the versions involved; later loads read the converted model. An entry is written beside
 and renamed when complete, with the size and CRC-32 of each file (``entry.json``); an entry that does not match them,
-or that OpenVINO cannot read, is logged and converted again. Batches are the engine's
-length-sorted token-budget batches, padded to the longest window of each (rounded up to 8 tokens); the head runs in
-PyTorch in float32, as on the torch runtime. Windows, long-document strategies, results and errors are the engine's
-own: only the forward pass changes.
+or that OpenVINO cannot read, is logged and converted again. Batches are the engine's length-sorted token-budget
+batches, padded to the longest window of each (rounded up to 8 tokens); the head runs in PyTorch in float32, as on the
+torch runtime. Where this CPU kind's measurements say so (``streams`` > 1: AVX2), batches run ``streams`` at a time
+(the token budget shared between them), each on an OpenVINO stream of a share of the threads: small matrices
+parallelise poorly across threads. A batch of one window (a long document's) runs alone on all the threads. Windows,
+long-document strategies, results and errors are the engine's own: only the forward pass changes.
 
 Precision: ``dtype`` becomes OpenVINO's inference precision (``float32`` -> f32, ``bfloat16`` -> bf16, which the CPU
 plugin runs on AMX / AVX-512 BF16). ``precision="int8"`` quantizes the converted float32 model (its own cache entry,
@@ -29,7 +31,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from pathlib import Path
 
@@ -54,6 +56,9 @@ LEFTOVER_AGE_S = 3600
 (writing one takes seconds to a minute): the next conversion removes it."""
 CALIBRATION_MAX_TOKENS = 512
 """int8 calibration windows are at most this long (the passages RAG reranks; longer windows cost minutes)."""
+STREAMS_MAX_WEIGHT_BYTES = 1 << 30
+"""Streams run on a second compiled copy of the weights: only for encoders whose float32 weights are at most this
+(17m to 150m, where they were measured; a 1B model's copy would be 4 GB)."""
 INSTALL_HINT = 'runtime="openvino" needs OpenVINO: pip install "ettin-rerank[openvino]"'
 INT8_HINT = 'precision="int8" needs OpenVINO and NNCF: pip install "ettin-rerank[openvino]"'
 _PRECISION_HINTS = {torch.float32: "f32", torch.bfloat16: "bf16", torch.float16: "f16"}
@@ -125,13 +130,16 @@ class OpenVINOScorer:
         model_path: Its folder (the cache key).
         dtype: Inference precision (float32, bfloat16 or float16).
         threads: The engine's thread governor: how many threads each batch may use (fewer under contention).
+        streams: Batches of several windows in flight at once (:meth:`score_batches`), each on an OpenVINO stream,
+            when all the threads are free (1: one at a time; more only for encoders within
+            :data:`STREAMS_MAX_WEIGHT_BYTES` and with a thread per stream).
         pad_id: Token id written into padding (masked out).
         calibration: For ``int8``: a function returning calibration batches ``[(input_ids, attention_mask)]``.
     """
 
     def __init__(self, cross_encoder, model_path: Path, *, dtype: torch.dtype, threads: ThreadGovernor,
-                 pad_id: int = 0, calibration: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]] | None = None,
-                 ) -> None:
+                 streams: int = 1, pad_id: int = 0,
+                 calibration: Callable[[], list[tuple[torch.Tensor, torch.Tensor]]] | None = None) -> None:
         try:
             import openvino as ov
         except ImportError as error:
@@ -146,17 +154,33 @@ class OpenVINOScorer:
                    "precision): load the cross-encoder in float32")
             raise ValueError(msg)
         self._pad_id = pad_id
+        weight_bytes = sum(p.numel() * p.element_size() for p in encoder.parameters())
+        fits = streams > 1 and threads.max_threads >= streams and weight_bytes <= STREAMS_MAX_WEIGHT_BYTES
+        self.streams = streams if fits else 1
         core = ov.Core()
         model, entry = _cached_model(ov, core, model_path, lambda: self._convert(ov, encoder, pooling),
                                           calibration)
         encoder.to("meta")  # OpenVINO holds the weights now: PyTorch's float32 copy is freed (shapes kept)
         self.path = entry / "model.xml"
-        self._core, self._model, self._threads = core, model, threads
+        self._ov, self._core, self._model, self._threads = ov, core, model, threads
         self._precision = _PRECISION_HINTS[dtype]
         self._compiled: dict[int, object] = {}
         self._compile_lock = threading.Lock()
         self._compiled_for(threads.max_threads)
+        self._split = None
+        if self.streams > 1:
+            logger.info("OpenVINO: %d batches at a time, on streams of %d thread(s) each",
+                        self.streams, threads.max_threads // self.streams)
+            self._split = self._compile(threads.max_threads, self.streams)
+            if threads.max_threads % self.streams == 0:  # one stream of it is the model for max / streams threads
+                self._compiled[threads.max_threads // self.streams] = self._split
         self._local = threading.local()
+
+    def _compile(self, threads: int, streams: int) -> object:
+        config = {"INFERENCE_PRECISION_HINT": self._precision, "NUM_STREAMS": str(streams),
+                  "PERFORMANCE_HINT": "LATENCY" if streams == 1 else "THROUGHPUT",
+                  "INFERENCE_NUM_THREADS": str(threads)}
+        return self._core.compile_model(self._model, "CPU", config)
 
     def _compiled_for(self, threads: int) -> object:
         """The model compiled for ``threads`` threads (OpenVINO fixes the count at compile time; each count
@@ -166,10 +190,18 @@ class OpenVINOScorer:
             with self._compile_lock:
                 compiled = self._compiled.get(threads)
                 if compiled is None:
-                    config = {"INFERENCE_PRECISION_HINT": self._precision, "PERFORMANCE_HINT": "LATENCY",
-                              "NUM_STREAMS": "1", "INFERENCE_NUM_THREADS": str(threads)}
-                    compiled = self._compiled[threads] = self._core.compile_model(self._model, "CPU", config)
+                    compiled = self._compiled[threads] = self._compile(threads, 1)
         return compiled
+
+    def _request(self, compiled: object) -> object:
+        """An infer request of ``compiled`` for the calling thread (the engine is shared between threads)."""
+        requests = getattr(self._local, "requests", None)
+        if requests is None:
+            requests = self._local.requests = {}
+        request = requests.get(id(compiled))
+        if request is None:
+            request = requests[id(compiled)] = compiled.create_infer_request()
+        return request
 
     def _convert(self, ov, encoder, pooling: str) -> object:
         """The encoder and pooling as an OpenVINO model (float32 weights; the precision is a compile hint)."""
@@ -183,16 +215,53 @@ class OpenVINOScorer:
 
     def __call__(self, windows: list[Window]) -> torch.Tensor:
         threads = compiled_threads(self._threads.choose(), self._threads.max_threads)
-        requests = getattr(self._local, "requests", None)
-        if requests is None:  # infer requests per calling thread: the engine is shared between threads
-            requests = self._local.requests = {}
-        request = requests.get(threads)
-        if request is None:
-            request = requests[threads] = self._compiled_for(threads).create_infer_request()
+        request = self._request(self._compiled_for(threads))
+        request.infer(self._inputs(windows))
+        return self._head_scores(torch.from_numpy(request.get_output_tensor(0).data.copy()))
+
+    def score_batches(self, batches: Iterable[list[Window]], share: int) -> Iterator[torch.Tensor]:
+        """The scores of each batch, in order, with up to :attr:`streams` batches in flight at once while all the
+        threads are free. A batch over its ``share`` of the token budget (one long window: padded tokens = its
+        length) runs alone on all the threads, as does every batch under contention (:meth:`__call__`), so that the
+        tokens in flight stay within ``streams`` x ``share``."""
+        if self._split is None:
+            yield from map(self, batches)
+            return
+        queue = getattr(self._local, "queue", None)
+        if queue is None:  # per calling thread, as the infer requests
+            queue = self._local.queue = self._ov.AsyncInferQueue(self._split, self.streams)
+        pooled: dict[int, torch.Tensor] = {}  # batch number -> pooled vectors, filled as each batch finishes
+        queue.set_callback(lambda request, number: pooled.__setitem__(
+            number, torch.from_numpy(request.get_output_tensor(0).data.copy())))
+        started = finished = 0
+        try:
+            for windows in batches:
+                contended = self._threads.choose() < self._threads.max_threads
+                if contended or len(windows) * max(len(w.input_ids) for w in windows) > share:
+                    queue.wait_all()
+                    while finished < started:
+                        yield self._head_scores(pooled.pop(finished))
+                        finished += 1
+                    yield self(windows)
+                    continue
+                queue.start_async(self._inputs(windows), started)  # waits for a free stream, whichever it is
+                started += 1
+                while finished in pooled:  # in order: a later batch may finish first
+                    yield self._head_scores(pooled.pop(finished))
+                    finished += 1
+            queue.wait_all()
+            while finished < started:
+                yield self._head_scores(pooled.pop(finished))
+                finished += 1
+        finally:  # stopped early (a cancelled call, an error): no request is left running
+            queue.wait_all()
+
+    def _inputs(self, windows: list[Window]) -> dict[str, object]:
         ids, mask = pad_batch([w.input_ids for w in windows], pad_id=self._pad_id)
-        request.infer({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
-        pooled = torch.from_numpy(request.get_output_tensor(0).data.copy())
-        return self._head(pooled.float()).reshape(len(windows))
+        return {"input_ids": ids.numpy(), "attention_mask": mask.numpy()}
+
+    def _head_scores(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self._head(pooled.float()).reshape(len(pooled))
 
 
 def _cached_model(ov, core, model_path: Path, convert: Callable[[], object],

@@ -8,7 +8,7 @@ import functools
 import logging
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -17,9 +17,10 @@ from tqdm.auto import tqdm
 
 from ettin_rerank.args import EngineArgs
 from ettin_rerank.engine.activation import NOT_CALIBRATED, load_calibration
-from ettin_rerank.engine.budget import token_budget_batches
+from ettin_rerank.engine.budget import stream_batches
 from ettin_rerank.engine.device import (
     cpu_kind,
+    openvino_streams,
     resolve_device,
     resolve_dtype,
     resolve_runtime,
@@ -216,6 +217,7 @@ class Reranker:
         if args.precision == "int8":
             calibration = functools.partial(calibration_batches, self._pair_tokenizer, self.model_max_length)
         return OpenVINOScorer(self._cross_encoder, self.model_path, dtype=self.dtype, threads=self._threads,
+                              streams=openvino_streams(self.cpu_kind),
                               pad_id=self._cross_encoder.tokenizer.pad_token_id or 0, calibration=calibration)
 
     def __repr__(self) -> str:
@@ -457,16 +459,27 @@ class Reranker:
             msg = "this Reranker was closed; create a new one"
             raise RuntimeError(msg)
         scores = torch.empty(len(windows), dtype=torch.float32)
-        batches = token_budget_batches([len(w.input_ids) for w in windows], self.batch_tokens, self.batch_size)
+        batches, streams = stream_batches([len(w.input_ids) for w in windows], self.batch_tokens, self.batch_size,
+                                          getattr(scorer, "streams", 1))
         show = self.show_progress_bar
         if show is None:
             show = logger.isEnabledFor(logging.INFO) and len(batches) > 1
-        with self._cpu_threads():  # the caller's thread count is theirs again after the call
-            for batch in tqdm(batches, desc="Reranking", unit="batch", disable=not show):
+
+        def batch_windows() -> Iterator[list[Window]]:
+            for batch in batches:
                 if cancel is not None and cancel.is_set():
                     msg = "the caller went away; the remaining batches were not run"
                     raise CancelledError(msg)
                 if self._threads is not None and self.runtime == "torch":
                     self._threads.apply()  # (the OpenVINO scorer asks the governor itself)
-                scores[batch] = scorer([windows[i] for i in batch]).cpu()
+                yield [windows[i] for i in batch]
+
+        if streams > 1:  # batches in flight at once, sharing the token budget
+            results = scorer.score_batches(batch_windows(), self.batch_tokens // streams)
+        else:
+            results = map(scorer, batch_windows())
+        with self._cpu_threads():  # the caller's thread count is theirs again after the call
+            progress = tqdm(batches, desc="Reranking", unit="batch", disable=not show)
+            for batch, batch_scores in zip(progress, results, strict=True):
+                scores[batch] = batch_scores.cpu()
         return scores.tolist()

@@ -36,8 +36,10 @@ logger = logging.getLogger(__name__)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_STAT = Path("/proc/stat")
 PROC_CGROUP = Path("/proc/self/cgroup")
-MIN_INTERVAL_S = 0.02
-"""Readings closer together than this say nothing reliable; the previous choice stands."""
+MIN_INTERVAL_S = 0.25
+"""Readings closer together than this say nothing reliable (the kernel counts CPU time in ticks of 10 ms: over
+20 ms one tick of each of two CPUs reads as a neighbour using a whole CPU); the previous choice stands until the
+interval is this long (a tick of each of two CPUs is then 0.08 CPUs, under :data:`MARGIN`)."""
 MARGIN = 0.25
 """A CPU counts as free when at least this much of it is not used by others (so a neighbour at 80% takes it)."""
 
