@@ -99,7 +99,7 @@ class KindDefault:
     runtime: str
     source: str
     openvino_streams: int = 1
-    """Streams a batch of several windows is split across on OpenVINO (see
+    """Batches OpenVINO runs at once, each on a stream of a share of the threads (see
     :class:`~ettin_rerank.engine.openvino_runtime.OpenVINOScorer`): more than 1 only where measured faster."""
 
 
@@ -118,7 +118,7 @@ KIND_DEFAULTS: dict[str, KindDefault] = {
 
 
 def openvino_streams(kind: str | None) -> int:
-    """How many OpenVINO streams share a batch on this CPU kind (:attr:`KindDefault.openvino_streams`)."""
+    """How many batches OpenVINO runs at once on this CPU kind (:attr:`KindDefault.openvino_streams`)."""
     default = KIND_DEFAULTS.get(kind or "")
     return default.openvino_streams if default else 1
 

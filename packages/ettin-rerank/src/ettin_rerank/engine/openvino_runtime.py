@@ -8,8 +8,9 @@ or that OpenVINO cannot read, is logged and converted again. Batches are the eng
 batches, padded to the longest window of each (rounded up to 8 tokens); the head runs in PyTorch in float32, as on the
 torch runtime. Where this CPU kind's measurements say so (``streams`` > 1: AVX2), batches run ``streams`` at a time
 (the token budget shared between them), each on an OpenVINO stream of a share of the threads: small matrices
-parallelise poorly across threads. A batch of one window (a long document's) runs alone on all the threads. Windows,
-long-document strategies, results and errors are the engine's own: only the forward pass changes.
+parallelise poorly across threads. A call of few batches, a batch over its share (a long document's window) and
+every batch under contention run one at a time on all the free threads. Windows, long-document strategies, results
+and errors are the engine's own: only the forward pass changes.
 
 Precision: ``dtype`` becomes OpenVINO's inference precision (``float32`` -> f32, ``bfloat16`` -> bf16, which the CPU
 plugin runs on AMX / AVX-512 BF16). ``precision="int8"`` quantizes the converted float32 model (its own cache entry,
