@@ -347,7 +347,7 @@ def test_batches_share_the_budget_only_when_there_are_enough_to_keep_the_streams
 @pytest.fixture
 def two_streams(ov_cache, wide_checkpoint, monkeypatch):
     """An OpenVINO engine that runs batches two at a time (AVX2's measured default) on two fixed threads, with a
-    record of the batches run alone (:meth:`OpenVINOScorer.__call__`) rather than in flight."""
+    record of the batches run alone (on all the threads) rather than in flight."""
     if len(os.sched_getaffinity(0)) < 2:
         pytest.skip("needs two CPUs")
     monkeypatch.setattr(reranker_module, "openvino_streams", lambda kind: 2)
@@ -355,13 +355,13 @@ def two_streams(ov_cache, wide_checkpoint, monkeypatch):
                       batch_tokens=512)
     assert engine._scorer.streams == 2
     alone: list[int] = []
-    run_alone = openvino_runtime.OpenVINOScorer.__call__
+    run_alone = openvino_runtime.OpenVINOScorer._run_alone
 
-    def recorded(scorer, windows):
+    def recorded(scorer, windows, threads):
         alone.append(len(windows))
-        return run_alone(scorer, windows)
+        return run_alone(scorer, windows, threads)
 
-    monkeypatch.setattr(openvino_runtime.OpenVINOScorer, "__call__", recorded)
+    monkeypatch.setattr(openvino_runtime.OpenVINOScorer, "_run_alone", recorded)
     return engine, alone
 
 

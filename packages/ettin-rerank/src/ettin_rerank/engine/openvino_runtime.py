@@ -215,19 +215,18 @@ class OpenVINOScorer:
         return ov.convert_model(traced, example_input=example, input=inputs)
 
     def __call__(self, windows: list[Window]) -> torch.Tensor:
-        threads = compiled_threads(self._threads.choose(), self._threads.max_threads)
-        request = self._request(self._compiled_for(threads))
+        return self._run_alone(windows, self._threads.choose())
+
+    def _run_alone(self, windows: list[Window], threads: int) -> torch.Tensor:
+        request = self._request(self._compiled_for(compiled_threads(threads, self._threads.max_threads)))
         request.infer(self._inputs(windows))
         return self._head_scores(torch.from_numpy(request.get_output_tensor(0).data.copy()))
 
     def score_batches(self, batches: Iterable[list[Window]], share: int) -> Iterator[torch.Tensor]:
         """The scores of each batch, in order, with up to :attr:`streams` batches in flight at once while all the
-        threads are free. A batch over its ``share`` of the token budget (one long window: padded tokens = its
-        length) runs alone on all the threads, as does every batch under contention (:meth:`__call__`), so that the
+        threads are free (``streams`` > 1). A batch over its ``share`` of the token budget (one long window: padded
+        tokens = its length) runs alone on all the threads, as does every batch under contention, so that the
         tokens in flight stay within ``streams`` x ``share``."""
-        if self._split is None:
-            yield from map(self, batches)
-            return
         queue = getattr(self._local, "queue", None)
         if queue is None:  # per calling thread, as the infer requests
             queue = self._local.queue = self._ov.AsyncInferQueue(self._split, self.streams)
@@ -237,13 +236,13 @@ class OpenVINOScorer:
         started = finished = 0
         try:
             for windows in batches:
-                contended = self._threads.choose() < self._threads.max_threads
-                if contended or len(windows) * max(len(w.input_ids) for w in windows) > share:
+                threads = self._threads.choose()
+                if threads < self._threads.max_threads or len(windows) * max(len(w.input_ids) for w in windows) > share:
                     queue.wait_all()
                     while finished < started:
                         yield self._head_scores(pooled.pop(finished))
                         finished += 1
-                    yield self(windows)
+                    yield self._run_alone(windows, threads)
                     continue
                 queue.start_async(self._inputs(windows), started)  # waits for a free stream, whichever it is
                 started += 1
