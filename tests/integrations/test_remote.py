@@ -113,6 +113,57 @@ def test_max_tokens_per_doc_none_reads_everything_there_too(server, make_text, e
     assert capped["truncated"] is True and capped["num_windows"] < long["ettin_num_windows"]
 
 
+@pytest.fixture(scope="module")
+def two_models(tiny_checkpoint, wide_checkpoint, reranker):
+    """A server of two models: "alpha" (the tiny checkpoint, first) and "wide" (logits over -12..22)."""
+    from ettin_rerank import Reranker
+
+    engines = {"alpha": reranker, "wide": Reranker(wide_checkpoint, device="cpu", dtype="float32")}
+    config = ServerConfig(model=(str(tiny_checkpoint), str(wide_checkpoint)), served_model_name=tuple(engines),
+                          device="cpu", dtype="float32")
+    with BackgroundServer(config, engine=engines) as url:
+        yield url
+
+
+def test_the_model_named_is_the_one_that_scores(two_models, wide_checkpoint, texts, engine_options):
+    """Each adapter's ``model`` picks the served model, by served name or as given to ``serve --model``; without
+    one the server's first scores; a model the server does not serve is an error naming those it does."""
+    local = {name: LangChainRerank(top_n=None, **{**engine_options, "model": str(path)}).rerank(texts, QUERY)
+             for name, path in (("alpha", engine_options["model"]), ("wide", wide_checkpoint))}
+    expected = {name: [(r["index"], r["relevance_score"]) for r in rows] for name, rows in local.items()}
+    assert [s for _, s in expected["alpha"]] != pytest.approx([s for _, s in expected["wide"]], abs=1e-3)
+
+    def same(got, name):
+        want = expected[name]
+        return [i for i, _ in got] == [i for i, _ in want] and [s for _, s in got] == pytest.approx(
+            [s for _, s in want], abs=1e-6)
+
+    for model, name in (("wide", "wide"), (str(wide_checkpoint), "wide"), ("alpha", "alpha")):
+        rows = LangChainRerank(top_n=None, base_url=two_models, model=model).rerank(texts, QUERY)
+        assert same([(r["index"], r["relevance_score"]) for r in rows], name), model
+    nodes = LlamaIndexRerank(top_n=len(texts), base_url=two_models, model=str(wide_checkpoint)).postprocess_nodes(
+        _nodes(texts), query_str=QUERY)
+    assert same([(int(n.node.node_id[1:]), n.score) for n in nodes], "wide")
+    documents = [Document(id=f"n{i}", content=t) for i, t in enumerate(texts)]
+    ranked = EttinRanker(url=two_models, model="wide", top_k=len(texts)).run(query=QUERY, documents=documents)
+    assert same([(int(d.id[1:]), d.score) for d in ranked["documents"]], "wide")
+    first = RemoteReranker(two_models).rerank(QUERY, texts, activation="sigmoid")
+    assert same([(r.index, r.score) for r in first], "alpha")
+
+    with pytest.raises(RemoteRerankError, match=r"answered 404: model '17m' is not served here; this server serves "
+                       r"'alpha', 'wide' \(.*model= one it serves\? GET /v1/models lists them\)") as refused:
+        EttinRanker(url=two_models).run(query=QUERY, documents=documents)  # the default model, "17m"
+    assert refused.value.status == 404
+
+
+@pytest.mark.parametrize("model", ["", "  ", 17, b"wide"])
+def test_a_model_that_is_not_a_name_is_refused_at_construction(model):
+    with pytest.raises(ValueError, match="model must name a model the server serves"):
+        RemoteReranker("http://127.0.0.1:1", model=model)
+    with pytest.raises(ValueError, match="model must name a model the server serves"):
+        RemoteSpec("http://127.0.0.1:1", model=model)
+
+
 # ---------------------------------------------------------------- the API key, read and hidden
 
 

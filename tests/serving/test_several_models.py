@@ -67,6 +67,26 @@ def test_without_a_model_the_first_answers(two_models, engines):
     assert native.json()["model"] == "beta"
 
 
+def test_a_model_is_also_found_as_given_to_serve_model(two_models, engines, tiny_checkpoint):
+    """The path or hub id given to ``--model`` (what an adapter's ``model=`` says) finds that model, unless it was
+    given for more than one (then it names neither: a 404, not one of them at random)."""
+    url, _ = two_models
+    beta = [s for _, s in _expected(engines["beta"])]
+    body = {"query": QUERY, "documents": DOCUMENTS, "model": str(engines["beta"].model_path)}
+    v2 = httpx.post(f"{url}/v2/rerank", json=body).json()
+    assert [r["relevance_score"] for r in v2["results"]] == pytest.approx(beta, abs=1e-6)
+    assert httpx.post(f"{url}/ettin/v1/rerank", json=body).json()["model"] == "beta"
+
+    twice = ServerConfig(model=(str(tiny_checkpoint), str(tiny_checkpoint)), served_model_name=("a", "b"),
+                         device="cpu", dtype="float32")
+    with BackgroundServer(twice, engine={"a": engines["alpha"], "b": engines["alpha"]}) as other:
+        answer = httpx.post(f"{other}/ettin/v1/rerank",
+                            json={"query": QUERY, "documents": DOCUMENTS, "model": str(tiny_checkpoint)})
+        assert answer.status_code == 404 and "this server serves 'a', 'b'" in answer.json()["message"]
+        assert httpx.post(f"{other}/ettin/v1/rerank", json={"query": QUERY, "documents": DOCUMENTS,
+                                                            "model": "b"}).json()["model"] == "b"
+
+
 def test_models_info_and_metrics_describe_each_model(two_models, engines):
     url, server = two_models
     listed = httpx.get(f"{url}/v1/models").json()

@@ -21,7 +21,8 @@ class EttinSettings(BackendUser, BaseModel):
     :class:`~langchain_ettin.EttinCrossEncoder`; every field is checked at construction."""
 
     model: str = "17m"
-    """Ettin size (``17m`` ... ``1b``), local folder or hub id."""
+    """Ettin size (``17m`` ... ``1b``), local folder or hub id; with ``base_url``, the served model that scores (its
+    served name, or as given to ``serve --model``)."""
     activation: Activation = "sigmoid"
     """``"sigmoid"`` for relevance in [0, 1], ``"none"`` for raw logits, ``"calibrated"`` for the fitted map."""
     device: str | None = None
@@ -77,7 +78,7 @@ class EttinSettings(BackendUser, BaseModel):
     def _engine_spec(self) -> EngineArgs | RemoteSpec:
         if self.base_url is not None:
             api_key = self.api_key.get_secret_value() if self.api_key else None
-            return RemoteSpec(self.base_url, api_key=api_key, timeout=self.timeout)
+            return RemoteSpec(self.base_url, model=self.model, api_key=api_key, timeout=self.timeout)
         return EngineArgs(
             model=self.model, device=self.device, dtype=self.dtype, revision=self.revision,
             token=self.token.get_secret_value() if self.token else None, cache_folder=self.cache_folder,

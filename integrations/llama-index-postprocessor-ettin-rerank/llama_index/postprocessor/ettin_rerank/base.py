@@ -60,7 +60,8 @@ class EttinRerank(BackendUser, BaseNodePostprocessor):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    model: str = Field(default="17m", description="Ettin size (17m ... 1b), local folder or hub id.")
+    model: str = Field(default="17m", description="Ettin size (17m ... 1b), local folder or hub id; with base_url, "
+                       "the served model that scores (its served name, or as given to `serve --model`).")
     top_n: int = Field(default=2, gt=0, description="Number of nodes to return, best first.")
     activation: Activation = Field(
         default="sigmoid", description="'sigmoid': scores in [0, 1]; 'none': raw logits; 'calibrated': fitted map."
@@ -122,7 +123,7 @@ class EttinRerank(BackendUser, BaseNodePostprocessor):
 
     def _engine_spec(self) -> EngineArgs | RemoteSpec:
         if self.base_url is not None:
-            return RemoteSpec(self.base_url, api_key=self.api_key, timeout=self.timeout)
+            return RemoteSpec(self.base_url, model=self.model, api_key=self.api_key, timeout=self.timeout)
         return EngineArgs(
             model=self.model, device=self.device, dtype=self.dtype, revision=self.revision, token=self.token,
             cache_folder=self.cache_folder, local_files_only=self.local_files_only, attention=self.attention,

@@ -30,17 +30,19 @@ API_KEY_ENV = "ETTIN_API_KEY"
 
 @dataclass(frozen=True)
 class RemoteSpec:
-    """An ettin-rerank server to send the work to (``ettin-rerank serve``); ``timeout`` bounds each call in all.
-    Checked as :class:`~ettin_rerank.adapters.client.RemoteReranker` checks them (building one imports httpx)."""
+    """An ettin-rerank server to send the work to (``ettin-rerank serve``) and the served ``model`` that scores;
+    ``timeout`` bounds each call in all. Checked as :class:`~ettin_rerank.adapters.client.RemoteReranker` checks
+    them (building one imports httpx)."""
 
     base_url: str
     api_key: str | None = field(default=None, repr=False)
     timeout: float = 60.0
+    model: str | None = None
 
     def __post_init__(self) -> None:
         from ettin_rerank.adapters.client import check_server  # the client's own checks (it imports httpx)
 
-        check_server(self.base_url, self.timeout)
+        check_server(self.base_url, self.timeout, self.model)
 
 
 def open_backend(spec: EngineArgs | RemoteSpec) -> Backend:
@@ -48,7 +50,8 @@ def open_backend(spec: EngineArgs | RemoteSpec) -> Backend:
     if isinstance(spec, RemoteSpec):
         from ettin_rerank.adapters.client import RemoteReranker
 
-        return RemoteBackend(RemoteReranker(spec.base_url, api_key=spec.api_key, timeout=spec.timeout), spec)
+        return RemoteBackend(RemoteReranker(spec.base_url, model=spec.model, api_key=spec.api_key,
+                                            timeout=spec.timeout), spec)
     from ettin_rerank.adapters.shared import shared_engine
 
     return SharedBackend(shared_engine(spec))

@@ -3,6 +3,9 @@
 It speaks the server's own route (``POST /ettin/v1/rerank``), which carries every engine option and every result
 field, so an adapter in remote mode gives the same ranking, scores and metadata as with a local model:
 
+- the ``model`` named is the one that scores (a server of several models routes by it; one of one model takes
+  any name, unless it was started with ``--strict-model-name``); one the server does not serve is an error that
+  lists those it does, never another model's scores;
 - every option is sent as the caller set it (``max_tokens_per_doc=None`` is sent as ``null``: read everything,
   not the server's default cap);
 - a list longer than the server takes in one request (``max_client_batch_size`` in its ``GET /info``, asked
@@ -50,15 +53,18 @@ class RemoteReranker:
 
     Args:
         base_url: The server, e.g. ``"http://127.0.0.1:8080"``.
+        model: The served model to score with: its served name, or the model as given to ``serve --model``
+            (``None``: the server's first).
         api_key: Sent as ``Authorization: Bearer <api_key>`` when the server requires one.
         timeout: Seconds one call may take in all, retries and split requests included.
         max_retries: Retries of a 429/503 answer, each after the server's ``Retry-After``.
     """
 
-    def __init__(self, base_url: str, *, api_key: str | None = None, timeout: float = 60.0,
-                 max_retries: int = 2) -> None:
-        check_server(base_url, timeout)
+    def __init__(self, base_url: str, *, model: str | None = None, api_key: str | None = None,
+                 timeout: float = 60.0, max_retries: int = 2) -> None:
+        check_server(base_url, timeout, model)
         self.base_url = base_url.rstrip("/")
+        self.model = model
         self.timeout = float(timeout)
         self.max_retries = max_retries
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -92,7 +98,8 @@ class RemoteReranker:
             sent = _given(options, overrides)
 
             async def part(start: int, end: int) -> list[RerankResult]:
-                body = _body(query, documents[start:end], top_k if len(parts) == 1 else None, score_threshold, sent)
+                body = self._body(query, documents[start:end], top_k if len(parts) == 1 else None, score_threshold,
+                                  sent)
                 response = await self._post_async(client, body, deadline)
                 return _shifted(_parse(response, self._url(ROUTE), end - start), start)
 
@@ -130,12 +137,17 @@ class RemoteReranker:
         parts = _parts(len(documents), limit)
         results = []
         for start, end in parts:
-            body = _body(query, documents[start:end], top_k if len(parts) == 1 else None, score_threshold, sent)
+            body = self._body(query, documents[start:end], top_k if len(parts) == 1 else None, score_threshold, sent)
             results.extend(_shifted(_parse(self._post_sync(body, deadline), self._url(ROUTE), end - start), start))
         return results if len(parts) == 1 else rank(results, top_k)
 
     def close(self) -> None:
         self._sync.close()
+
+    def _body(self, query: str, documents: list[str], top_k: int | None, score_threshold: float | None,
+              options: dict[str, Any]) -> dict[str, Any]:
+        return {"model": self.model, "query": query, "documents": documents, "top_k": top_k,
+                "score_threshold": score_threshold, "options": options}
 
     def _learn_limit(self, info: httpx.Response) -> int | None:
         """This call's documents per request, from the server's ``GET /info``; kept for later calls only when the
@@ -230,14 +242,18 @@ class RemoteReranker:
         return RemoteRerankError(msg, url=url)
 
 
-def check_server(base_url: Any, timeout: Any) -> None:
+def check_server(base_url: Any, timeout: Any, model: Any = None) -> None:
     """Raise ``ValueError`` naming ``base_url`` unless it is an http(s) URL, ``timeout`` unless it is a number of
-    seconds > 0 (not a bool, not a string). :class:`RemoteReranker` and the adapters' ``RemoteSpec`` check with it."""
+    seconds > 0 (not a bool, not a string), ``model`` unless it is ``None`` or a name. :class:`RemoteReranker` and
+    the adapters' ``RemoteSpec`` check with it."""
     if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
         msg = f"base_url must be an http(s) URL such as 'http://127.0.0.1:8080', but got {base_url!r}"
         raise ValueError(msg)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         msg = f"timeout must be a number of seconds > 0, but got {timeout!r}"
+        raise ValueError(msg)
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        msg = f"model must name a model the server serves (or be None: its first), but got {model!r}"
         raise ValueError(msg)
 
 
@@ -259,12 +275,6 @@ def _given(options: RerankOptions | None, overrides: dict[str, Any]) -> dict[str
     if options is None:
         return {name: value for name, value in overrides.items() if value is not None}
     return options.merged(overrides).as_dict()
-
-
-def _body(query: str, documents: list[str], top_k: int | None, score_threshold: float | None,
-          options: dict[str, Any]) -> dict[str, Any]:
-    return {"query": query, "documents": documents, "top_k": top_k, "score_threshold": score_threshold,
-            "options": options}
 
 
 def _parts(count: int, per_request: int | None) -> list[tuple[int, int]]:
@@ -321,7 +331,7 @@ def _message(response: httpx.Response) -> str:
 
 _HINTS = {
     401: " (give api_key=..., or set ETTIN_API_KEY)",
-    404: " (is base_url an `ettin-rerank serve` server? this one has no POST /ettin/v1/rerank)",
+    404: " (is base_url an `ettin-rerank serve` server, and model= one it serves? GET /v1/models lists them)",
     405: " (is base_url an `ettin-rerank serve` server? this one has no POST /ettin/v1/rerank)",
 }
 

@@ -53,7 +53,8 @@ class ServerConfig:
             ``False`` runs each request's windows on their own, for comparison).
         max_tokens_per_doc: Default cap on the tokens read per document (Cohere's ``max_tokens_per_doc``).
         api_key: Require ``Authorization: Bearer <key>`` (``None``: open; read from ``ETTIN_API_KEY`` by the CLI).
-        strict_model_name: Reject requests whose ``model`` is not the served name (404) instead of ignoring it.
+        strict_model_name: Reject requests whose ``model`` is not the served name (or the model as given) with a
+            404 instead of ignoring it.
         activation: ``relevance_score`` as the ``sigmoid`` of the logit (default) or ``calibrated`` (the model's
             ``calibration.json``); TEI's ``raw_scores`` still gives the logit.
     """

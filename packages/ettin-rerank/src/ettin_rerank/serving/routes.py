@@ -7,11 +7,11 @@
   ``/live`` (liveness: the process answers), ``/ready`` (readiness: the model answers), ``/info``, ``/metrics``,
   ``/`` (where to look); TEI's own probes (``/health``, ``/ping``, ``/info``) are tagged ``tei`` too.
 
-Every rerank handler takes the service of the model its request names (``request.app.state.services``; absent:
-the first; with one model any name is accepted unless ``strict_model_name``, with several an unknown one is a
-404). Each route declares every status it answers (``responses=``), with the body of its dialect, so
-``/openapi.json`` describes this server. ``GET /v1/models`` (and ``/models``) lists the models, as infinity and
-vLLM do.
+Every rerank handler takes the service of the model its request names (``request.app.state.services``, by served
+name or as given to ``--model``; absent: the first; with one model any name is accepted unless
+``strict_model_name``, with several an unknown one is a 404). Each route declares every status it answers
+(``responses=``), with the body of its dialect, so ``/openapi.json`` describes this server. ``GET /v1/models``
+(and ``/models``) lists the models, as infinity and vLLM do.
 """
 
 from __future__ import annotations
@@ -116,12 +116,17 @@ def _service(request: Request) -> RerankService:
 
 
 def _pick(request: Request, name: str | None) -> RerankService:
-    """The service of the model ``name`` (absent: the first); 404 in the route's dialect for a model not served
-    here (with one model, only under ``strict_model_name``: clients send names such as ``rerank-v3.5``)."""
+    """The service of the model ``name``: its served name, or the model as given to ``--model`` when that names
+    one model only (what an adapter's ``model=`` says); absent: the first. 404 in the route's dialect for a model
+    not served here (with one model, only under ``strict_model_name``: clients send names such as
+    ``rerank-v3.5``)."""
     services: dict[str, RerankService] = request.app.state.services
     first = _service(request)
     if name in services:
         return services[name]
+    started_as = [service for service in services.values() if str(service.config.model) == name]
+    if len(started_as) == 1:
+        return started_as[0]
     if name is None or (len(services) == 1 and not first.config.strict_model_name):
         return first
     msg = f"model {name!r} is not served here; this server serves {', '.join(map(repr, services))}"

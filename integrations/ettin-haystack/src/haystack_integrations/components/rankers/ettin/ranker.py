@@ -104,7 +104,8 @@ class EttinRanker:
         """
         Creates an EttinRanker; every argument is checked now, nothing is loaded until `warm_up()` or `run()`.
 
-        :param model: Ettin size (`17m` ... `1b`), local folder or Hugging Face hub id.
+        :param model: Ettin size (`17m` ... `1b`), local folder or Hugging Face hub id; with `url`, the served model
+            that scores (its served name, or as given to `serve --model`).
         :param device: The device to run on; `None` picks CUDA, then Apple MPS, then the CPU.
         :param token: Hugging Face token for private models.
         :param top_k: Maximum number of documents to return.
@@ -195,7 +196,7 @@ class EttinRanker:
     def _engine_spec(self) -> EngineArgs | RemoteSpec:
         if self.url is not None:
             api_key = self.api_key.resolve_value() if self.api_key else None
-            return RemoteSpec(self.url, api_key=api_key, timeout=self.timeout)
+            return RemoteSpec(self.url, model=self.model, api_key=api_key, timeout=self.timeout)
         if self.backend not in (None, "torch", "openvino"):
             msg = ("backend must be 'torch' or 'openvino' (or None: the runtime measured fastest on this CPU), "
                    f"but got {self.backend!r}")
