@@ -12,6 +12,7 @@ the first. Rows: questions x the first 60 words of passages, 50 per question (Sc
 
     python benchmarks/batch_bench.py --quick        # CI: 4,000 and 16,000 rows, three variants, the engine at 20
     python benchmarks/batch_bench.py                # 100,000 and 1,000,000 rows; the 17m engine at 2,000 and 8,000
+    python benchmarks/batch_bench.py --rows 5000 --engine-rows 4096,65536  # the 17m engine over 16 chunks (~20 min)
 
 Exit status 1 when the new path's peak grows by more than 32 MiB from the smaller input to the larger (memory that
 is not flat in the number of rows), or the 17m estimate passes 1 GiB. ``--quick`` runs every path of the script on
