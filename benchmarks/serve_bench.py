@@ -414,6 +414,9 @@ def main() -> int:
     if args.abuse:
         report["abuse"] = abuse_suite(folder, args.requests or (12 if args.quick else 64), args.rounds,
                                       concurrency=4)
+        if args.quick:
+            print("  quick: p99 of 12 requests is their slowest (one load spike decides it); the recorded run "
+                  "(64 requests, --rounds 2) is the one that says whether the goals are met")
         tag = "".join(c if c.isalnum() else "-" for c in str(report["cpu"]["isa"])).lower()
         path = Path(args.output) / f"serve-abuse-cpu-{tag}-{'quick' if args.quick else 'full'}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
