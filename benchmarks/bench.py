@@ -217,7 +217,7 @@ def onnxruntime_scorer(engine: Reranker, path: Path) -> object:
     """``engine``'s windows and batches, with the encoder and pooling exported to ONNX and run by ONNX Runtime (the
     runtime FastEmbed and FlashRank use); the head runs in float32 after it, as on the engine's own runtimes."""
     import onnxruntime
-    from ettin_rerank.engine.export import PaddedEncoder, pad_batch
+    from ettin_rerank.engine.export import PaddedEncoder, pad_batch, quiet_tracing
     from ettin_rerank.engine.scorers import encoder_pooling_head
 
     encoder, pooling, head = encoder_pooling_head(engine._cross_encoder)
@@ -226,7 +226,7 @@ def onnxruntime_scorer(engine: Reranker, path: Path) -> object:
         example = pad_batch([[5] * 20, [5] * 9])
         axes = {0: "batch", 1: "length"}
         partial = path.with_suffix(".partial")
-        with torch.no_grad():
+        with torch.no_grad(), quiet_tracing():
             torch.onnx.export(padded, example, str(partial), dynamo=False, opset_version=17,
                               input_names=["input_ids", "attention_mask"], output_names=["pooled"],
                               dynamic_axes={"input_ids": axes, "attention_mask": axes, "pooled": {0: "batch"}})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -308,6 +309,22 @@ def test_avx512_without_native_bfloat16_is_its_own_kind_and_runs_pytorch(monkeyp
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert "avx512" not in engine_device.KIND_DEFAULTS
     assert engine_device.resolve_runtime(None, None, cpu) == "torch"
+
+
+@needs_openvino
+def test_a_first_conversion_prints_nothing(tiny_checkpoint, tmp_path):
+    """A newcomer's first load converts the model: tracing reads every attribute of transformers' modules, which
+    warned about a deprecated property and logged '`loss_type=None` was set in the config' on stderr. Run in a
+    fresh process: transformers says each only once per process."""
+    code = ("import sys; from ettin_rerank import Reranker; "
+            "print(Reranker(sys.argv[1], dtype='float32', runtime='openvino').score('bees', ['honey'])[0])")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "ETTIN_RERANK_CACHE": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code, str(tiny_checkpoint)], capture_output=True, text=True,
+                            env=env, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    assert list(tmp_path.glob("openvino/*/model.xml")), "the model was converted in this run"
+    assert result.stderr == ""
+    float(result.stdout)
 
 
 def test_calibrating_a_model_does_not_convert_it_again(tiny_checkpoint, tmp_path):

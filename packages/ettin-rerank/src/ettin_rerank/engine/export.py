@@ -9,6 +9,11 @@ real tokens of later layers). The head runs outside, in float32 (see the scorers
 
 from __future__ import annotations
 
+import logging
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 
@@ -60,6 +65,25 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = x.shape[-1] // 2
     rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
     return (xf * cos.float() + rotated * sin.float()).to(x.dtype)
+
+
+@contextmanager
+def quiet_tracing() -> Iterator[None]:
+    """Silence what tracing makes transformers say about attributes the traced graph never uses: the tracer reads
+    every attribute of each module, so deprecated properties warn (``is_gradient_checkpointing``) and
+    ``loss_function`` logs that the config names no loss; a newcomer's first conversion would print both."""
+
+    def not_about_loss(record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("`loss_type=")
+
+    transformers_logger = logging.getLogger("transformers.modeling_utils")
+    transformers_logger.addFilter(not_about_loss)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+            yield
+    finally:
+        transformers_logger.removeFilter(not_about_loss)
 
 
 def pad_batch(input_ids: list[list[int]], multiple: int = 8, pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
