@@ -608,4 +608,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ettin_rerank.engine.loading import quiet_progress_bars
+
+    with quiet_progress_bars():  # transformers' bars for each checkpoint built and loaded: noise between tables
+        sys.exit(main())

@@ -111,7 +111,9 @@ KIND_DEFAULTS: dict[str, KindDefault] = {
     "avx2": KindDefault("openvino", "benchmarks/results/cpu-x86-64-avx2-peers-quiet.json: OpenVINO f32 3.13x ST "
                                     "fp32 vs this engine's torch fp32 2.55x (17m), 1.71x vs 1.68x (150m), same scores; "
                                     "benchmarks/results/cpu-x86-64-avx2-latency-natural.json: two batches in flight "
-                                    "on streams of 1 thread, 1.25x pairs/s and 1.08x RAG p50 vs one at a time",
+                                    "on streams of 1 thread, 1.25x pairs/s and 1.08x RAG p50 vs one at a time; "
+                                    "idle: cpu-x86-64-avx2-latency-natural-idle.json, 1.06x the torch engine's "
+                                    "pairs/s and 1.08x RAG p50 vs one at a time",
                         openvino_streams=2),
 }
 """The default runtime per CPU kind (dtype: bfloat16 where native, else float32, as :func:`resolve_dtype`)."""
