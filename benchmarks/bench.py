@@ -25,6 +25,9 @@ the engine never picks it). Suites:
 
 Where the default runs batches in flight on OpenVINO streams (AVX2), ``natural`` and ``latency`` also run it one
 batch at a time (the behaviour before), side by side.
+Where the default runs bf16 on a runtime other than PyTorch (AMX: OpenVINO), ``natural`` and ``contention`` also run
+``dtype="float32"`` on that runtime: the exact path as a user asks for it (the ``exact`` row runs PyTorch). Where the
+default runtime is not PyTorch, ``latency`` also runs ``runtime="torch"`` at the default's dtype.
 
 Checkpoints have their output layer rescaled so that logits span the released models' range (-12..22): rank
 agreement and rounding ties (``ties``: tied pairs within a query that the exact path does not tie) are measured
@@ -152,6 +155,10 @@ def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
         default = load()
         label = f"ettin-rerank default ({default.runtime} {str(default.dtype).removeprefix('torch.')})"
         variants.append(Variant(label, default.score_pairs, baseline="ST fp32 (default load)"))
+        if default.dtype != torch.float32 and default.runtime != "torch":  # the exact path as users ask for it
+            exact = load(dtype="float32")
+            variants.append(Variant(f"ettin-rerank dtype=float32 ({exact.runtime})", exact.score_pairs,
+                                    baseline="ST fp32 (default load)"))
         if uses_streams(default):
             variants.append(Variant("default, one batch at a time (before)", one_batch_at_a_time(load).score_pairs,
                                     baseline="ST fp32 (default load)"))
@@ -295,6 +302,13 @@ def released_range(folder: Path, out: Path, pairs: list[tuple[str, str]]) -> Pat
     return out
 
 
+def write_report(path: Path, report: dict) -> None:
+    """Written beside and renamed: a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report, indent=2))
+    partial.replace(path)
+
+
 def latency_suite(folder: Path, device: str, queries: list[tuple[str, list[str]]], repeats: int) -> dict:
     """One RAG call (one query, its passages) at a time: the first call after loading, then p50 / p95; the two
     variants alternate call by call."""
@@ -311,6 +325,9 @@ def latency_suite(folder: Path, device: str, queries: list[tuple[str, list[str]]
     calls_by_name = {"ST (default load)": load_st(), "ettin-rerank (default)": (default := load()).score}
     if uses_streams(default):
         calls_by_name["ettin-rerank (default, one batch at a time)"] = one_batch_at_a_time(load).score
+    if default.runtime != "torch":  # the measurement behind this CPU kind's default runtime
+        calls_by_name[f"ettin-rerank runtime='torch' ({str(default.dtype).removeprefix('torch.')})"] = load(
+            runtime="torch").score
     report = {}
     for size in sorted({len(d) for _, d in queries}):
         calls = [(q, d) for q, d in queries if len(d) == size]
@@ -490,9 +507,14 @@ def main() -> int:
     parser.add_argument("--large-pairs", type=int, default=None,
                         help="natural pairs for the 150m and larger shapes (default: --pairs)")
     parser.add_argument("--note", default=None, help="recorded with the results (e.g. 'machine shared')")
+    parser.add_argument("--initializer-range", type=float, default=0.1,
+                        help="standard deviation of the checkpoints' random weights (default 0.1, as every earlier "
+                             "run; 0.02 is ModernBERT's own: deep nets at 0.1 are chaotic, so bf16 agrees less there)")
     args = parser.parse_args()
     if args.contention < 0:
         parser.error(f"--contention must be >= 0, but got {args.contention}")
+    if not args.initializer_range > 0:
+        parser.error(f"--initializer-range must be > 0, but got {args.initializer_range}")
     logging.getLogger("ettin_rerank").setLevel(logging.WARNING)
 
     gpu = args.device == "cuda"
@@ -515,6 +537,7 @@ def main() -> int:
         "device": args.device, "device_name": device_name, "cpu": cpu, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "pairs_source": source, "quick": args.quick, "shapes": {},
         "contention": args.contention, "note": args.note, "cpu_kind": cpu_kind(),
+        "initializer_range": args.initializer_range,
         "command": " ".join(["python", "benchmarks/bench.py", *sys.argv[1:]]),
     }
     print(f"device: {device_name} ({args.device}, {torch.get_num_threads()} threads, native bf16: "
@@ -523,16 +546,20 @@ def main() -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     device_tag = "".join(c if c.isalnum() else "-" for c in (torch.cuda.get_device_name() if gpu else
-                                                              f"x86-64-{cpu['isa']}")).strip("-").lower()[:40]
+                                                              f"x86-64-{cpu_kind()}")).strip("-").lower()[:40]
     run_tag = "quick" if args.quick else "-".join(sorted(suites - {"contention"})) if args.suites else "full"
     if args.contention:
         run_tag = "-".join(filter(None, [run_tag, f"contention{args.contention}"]))
-    path = out / f"{args.device}-{device_tag}-{run_tag}.json"
+    if args.shapes:  # runs of other shapes keep their own file
+        run_tag = f"{'-'.join(shapes)}-{run_tag}"
+    init = "" if args.initializer_range == 0.1 else f"-init{args.initializer_range:g}"  # its own checkpoints
+    path = out / f"{args.device}-{device_tag}-{run_tag}{init}.json"
     for shape_name in shapes:
-        folder = Path(args.cache) / shape_name
+        folder = Path(args.cache) / f"{shape_name}{init}"
         if not (folder / "modules.json").exists():
-            build_untrained_checkpoint(folder, tokenizer=tokenizer, shape=shape_name, initializer_range=0.1)
-        folder = released_range(folder, Path(args.cache) / f"{shape_name}-released-range", pairs[:100])
+            build_untrained_checkpoint(folder, tokenizer=tokenizer, shape=shape_name,
+                                       initializer_range=args.initializer_range)
+        folder = released_range(folder, Path(args.cache) / f"{shape_name}{init}-released-range", pairs[:100])
         large = ettin_shape(shape_name).hidden >= 768
         sample = pairs[: args.large_pairs] if large and args.large_pairs else pairs
         result: dict = {"pairs": len(sample)}
@@ -595,14 +622,14 @@ def main() -> int:
                       f"p95 {row['p95_ms']:7.0f} ms")
             result["latency"] = latency
         report["shapes"][shape_name] = result
-        path.write_text(json.dumps(report, indent=2))  # after every shape, so a stopped run keeps what it measured
+        write_report(path, report)  # after every shape, so a stopped run keeps what it measured
     if "classifier" in suites:
         folder = build_classifier(Path(args.cache) / "modernbert-base-classifier", tokenizer)
         sample = pairs[: 24 if args.quick else 60]
         rows = measure(make_variants(folder, args.device, 512)[:2], sample, rounds, args.device)
         print_table(f"[ModernBertForSequenceClassification, base shape] natural mix, {len(sample)} pairs", rows)
         report["classifier"] = rows
-        path.write_text(json.dumps(report, indent=2))
+        write_report(path, report)
     print(f"\nwrote {path}")
     return 0
 

@@ -104,8 +104,11 @@ class KindDefault:
 
 
 KIND_DEFAULTS: dict[str, KindDefault] = {
-    "amx": KindDefault("openvino", "benchmarks/results/cpu-amx-independent-run-issue-25.md: OpenVINO bf16 2.80x ST "
-                                   "fp32 vs this engine's bf16 2.50x (2 threads, quiet; an independent run, not ours)"),
+    "amx": KindDefault("openvino", "benchmarks/results/cpu-x86-64-amx-17m-latency-natural-peers-contention2.json "
+                                   "and -150m-: OpenVINO bf16 4.35x ST fp32 vs the torch engine's bf16 4.20x (17m), "
+                                   "6.06x vs 6.14x (150m), OpenVINO f32 1.16x / 1.07x the torch fp32 path; "
+                                   "cpu-x86-64-amx-17m-latency.json: one RAG call against the torch engine's bf16; "
+                                   "two streams 0.95x one (a probe): one stream"),
     "avx512_bf16": KindDefault("torch", "no OpenVINO measurement on this kind yet: PyTorch, as measured in "
                                         "benchmarks/results/cpu-x86-64-full-2026-11-24.txt"),
     "avx2": KindDefault("openvino", "benchmarks/results/cpu-x86-64-avx2-peers-quiet.json: OpenVINO f32 3.13x ST "
