@@ -153,7 +153,7 @@ def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
         load = functools.partial(Reranker, folder, device=device, max_length=max_length,
                                  long_document_strategy="truncate")
         default = load()
-        label = f"ettin-rerank default ({default.runtime} {str(default.dtype).removeprefix('torch.')})"
+        label = f"ettin-rerank default ({default.runtime} {dtype_name(default)})"
         variants.append(Variant(label, default.score_pairs, baseline="ST fp32 (default load)"))
         if default.dtype != torch.float32 and default.runtime != "torch":  # the exact path as users ask for it
             exact = load(dtype="float32")
@@ -174,6 +174,11 @@ def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
         variants.append(Variant("ST bf16", st({"dtype": torch.bfloat16})))
         variants.append(Variant("ettin-rerank bf16 (fast)", ours("bfloat16"), baseline="ST bf16"))
     return variants
+
+
+def dtype_name(engine: Reranker) -> str:
+    """``bfloat16``, ``float32``...: the engine's dtype as labels print it."""
+    return str(engine.dtype).removeprefix("torch.")
 
 
 def uses_streams(engine: Reranker) -> bool:
@@ -326,8 +331,7 @@ def latency_suite(folder: Path, device: str, queries: list[tuple[str, list[str]]
     if uses_streams(default):
         calls_by_name["ettin-rerank (default, one batch at a time)"] = one_batch_at_a_time(load).score
     if default.runtime != "torch":  # the measurement behind this CPU kind's default runtime
-        calls_by_name[f"ettin-rerank runtime='torch' ({str(default.dtype).removeprefix('torch.')})"] = load(
-            runtime="torch").score
+        calls_by_name[f"ettin-rerank runtime='torch' ({dtype_name(default)})"] = load(runtime="torch").score
     report = {}
     for size in sorted({len(d) for _, d in queries}):
         calls = [(q, d) for q, d in queries if len(d) == size]
