@@ -21,7 +21,8 @@ the engine never picks it). Suites:
   native), this engine's exact path and its default, OpenVINO (f32, bf16 where native, int8) and ONNX Runtime fp32
   on an export of the same model (the runtime FastEmbed, FlashRank and infinity's optimum backend use);
 - ``contention`` (``--contention N``): the natural mix while N busy neighbour processes spin on the same CPUs,
-  with the engine's thread governor and without it (threads fixed, the behaviour before issue 25).
+  with the engine's thread governor and without it (threads fixed, the behaviour before issue 25), and with the
+  governor as it was before it timed its passes (the free CPUs' count only);
 
 Where the default runs batches in flight on OpenVINO streams (AVX2), ``natural`` and ``latency`` also run it one
 batch at a time (the behaviour before), side by side.
@@ -273,12 +274,17 @@ def busy_neighbours(count: int) -> Iterator[None]:
 
 
 def contention_variants(folder: Path, max_length: int) -> list[Variant]:
-    """The natural variants, plus the exact path with its threads fixed at the process's count (no governor)."""
+    """The natural variants, plus the exact path with its threads fixed at the process's count (no governor), and
+    the exact path and the default with the governor as it was before it timed its passes (the free CPUs only)."""
     variants = make_variants(folder, "cpu", max_length)
-    fixed = Reranker(folder, device="cpu", dtype="float32", max_length=max_length, long_document_strategy="truncate",
-                     runtime="torch", threads=torch.get_num_threads())
+    load = functools.partial(Reranker, folder, device="cpu", max_length=max_length, long_document_strategy="truncate")
+    fixed = load(dtype="float32", runtime="torch", threads=torch.get_num_threads())
     variants.append(Variant(f"ettin-rerank fp32, {torch.get_num_threads()} threads fixed", fixed.score_pairs,
                             baseline="ST fp32 (default load)"))
+    for name, engine in (("exact", load(dtype="float32", runtime="torch")), ("default", load())):
+        engine._threads.record = lambda threads, tokens, seconds: None  # never measured: the free CPUs' count
+        variants.append(Variant(f"{name}, free CPUs only (before)", engine.score_pairs,
+                                baseline="ST fp32 (default load)"))
     return variants
 
 

@@ -418,6 +418,19 @@ def test_under_contention_batches_run_one_at_a_time_on_one_stream(two_streams, e
 
 
 @needs_openvino
+def test_under_a_load_each_batch_runs_alone_timed_for_the_governor(two_streams, exact, wide_texts, loaded_governor):
+    """Under a load the governor compares the free CPUs' count with all of them: every batch then runs alone (not
+    in flight, where its time is not its own), on the count chosen, and is reported with it."""
+    engine, alone = two_streams
+    engine._threads = engine._scorer._threads = governor = loaded_governor
+    reported = []
+    record = governor.record
+    governor.record = lambda threads, tokens, seconds: (reported.append(threads), record(threads, tokens, seconds))
+    assert np.allclose(engine.score(QUERY, wide_texts), exact.score(QUERY, wide_texts), atol=1e-4, rtol=1e-5)
+    assert len(reported) == len(alone) > 4 and set(reported) == {1, 2}
+
+
+@needs_openvino
 def test_a_call_cancelled_with_batches_in_flight_leaves_the_engine_usable(two_streams, exact, wide_texts):
     class CancelledAfterThreeBatches(threading.Event):
         checks = 0

@@ -223,14 +223,17 @@ class OpenVINOScorer:
 
     def _run_alone(self, windows: list[Window], threads: int) -> torch.Tensor:
         request = self._request(self._compiled_for(compiled_threads(threads, self._threads.max_threads)))
-        request.infer(self._inputs(windows))
+        inputs = self._inputs(windows)
+        start = time.perf_counter()
+        request.infer(inputs)
+        self._threads.record(threads, sum(len(w.input_ids) for w in windows), time.perf_counter() - start)
         return self._head_scores(torch.from_numpy(request.get_output_tensor(0).data.copy()))
 
     def score_batches(self, batches: Iterable[list[Window]], share: int) -> Iterator[torch.Tensor]:
         """The scores of each batch, in order, with up to :attr:`streams` batches in flight at once while all the
         threads are free (``streams`` > 1). A batch over its ``share`` of the token budget (one long window: padded
-        tokens = its length) runs alone on all the threads, as does every batch under contention, so that the
-        tokens in flight stay within ``streams`` x ``share``."""
+        tokens = its length) runs alone on all the threads, so that the tokens in flight stay within ``streams`` x
+        ``share``; under contention every batch runs alone, on the governor's count, timed for it."""
         queue = getattr(self._local, "queue", None)
         if queue is None:  # per calling thread, as the infer requests
             queue = self._local.queue = self._ov.AsyncInferQueue(self._split, self.streams)
@@ -241,7 +244,8 @@ class OpenVINOScorer:
         try:
             for windows in batches:
                 threads = self._threads.choose()
-                if threads < self._threads.max_threads or len(windows) * max(len(w.input_ids) for w in windows) > share:
+                alone = threads < self._threads.max_threads or self._threads.contended
+                if alone or len(windows) * max(len(w.input_ids) for w in windows) > share:
                     queue.wait_all()
                     while finished < started:
                         yield self._head_scores(pooled.pop(finished))

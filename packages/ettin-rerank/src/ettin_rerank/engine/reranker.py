@@ -8,6 +8,7 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -202,6 +203,14 @@ class Reranker:
         """The measured default (OpenVINO) cannot run this engine: PyTorch does (as ``runtime="torch"``)."""
         logger.info("OpenVINO is the measured default on this CPU, but %s: running PyTorch", reason)
         self.runtime = "torch"
+
+    def _governed_pass(self, scorer: Callable[[list[Window]], torch.Tensor], windows: list[Window]) -> torch.Tensor:
+        """One torch pass on the thread governor's count, its speed reported back to the governor."""
+        threads = self._threads.apply()
+        start = time.perf_counter()
+        scores = scorer(windows)
+        self._threads.record(threads, sum(len(w.input_ids) for w in windows), time.perf_counter() - start)
+        return scores
 
     def _cpu_threads(self) -> contextlib.AbstractContextManager[None]:
         """At most the governor's threads for torch in the calling thread, the caller's count restored after."""
@@ -470,12 +479,12 @@ class Reranker:
                 if cancel is not None and cancel.is_set():
                     msg = "the caller went away; the remaining batches were not run"
                     raise CancelledError(msg)
-                if self._threads is not None and self.runtime == "torch":
-                    self._threads.apply()  # (the OpenVINO scorer asks the governor itself)
                 yield [windows[i] for i in batch]
 
         if streams > 1:  # batches in flight at once, sharing the token budget
             results = scorer.score_batches(batch_windows(), self.batch_tokens // streams)
+        elif self._threads is not None and self.runtime == "torch":  # (the OpenVINO scorer asks the governor itself)
+            results = map(functools.partial(self._governed_pass, scorer), batch_windows())
         else:
             results = map(scorer, batch_windows())
         with self._cpu_threads():  # the caller's thread count is theirs again after the call

@@ -1,6 +1,7 @@
 """How many threads a CPU forward pass may use: the CPUs this process may run on, and how many of them are free.
 
-Two causes made the engine collapse on shared cores (profiled in ``benchmarks/bench.py --suites contention``):
+Two causes made the engine collapse on shared cores (profiled in ``benchmarks/bench.py --suites contention``), and
+a third decides how far to step back:
 
 - **Oversubscription**: PyTorch starts one thread per CPU it sees. A container limited by a cgroup quota (2 CPUs
   on a 64-core host) sees all 64, and each of its 64 threads then waits for the quota's time slices.
@@ -11,6 +12,12 @@ Two causes made the engine collapse on shared cores (profiled in ``benchmarks/be
   small ops per layer (packed tokens, 2,048-token batches) lose far more than their work. :class:`ThreadGovernor`
   reads how busy the process's CPUs are (``/proc/stat``) less what this process used itself, between batches, and
   runs the next batch on the CPUs that are free (at least one), so a busy neighbour costs its share, not a collapse.
+- **But fewer threads also get a smaller share**: the kernel shares a busy core fairly between its threads, so
+  two threads beside two busy neighbours get one CPU in all where one thread gets two thirds of one. Which wins
+  depends on the op sizes (AVX2, two busy neighbours, ``cpu-x86-64-avx2-17m-natural-contention2.json`` and
+  ``-150m-``: the free CPUs 1.10x ST fp32, both threads 0.79x on 17m; 1.13x and 1.38x on 150m). So under a load
+  the governor times both counts on the batches it runs (tokens per second, :meth:`ThreadGovernor.record`) and
+  keeps the faster, trying the other again now and then.
 
 The thread count is set per calling thread (``torch.set_num_threads`` sets the caller's OpenMP team size) while the
 engine loads and scores (:meth:`ThreadGovernor.capped`), then restored, so an engine never changes the threads of
@@ -42,6 +49,12 @@ MIN_INTERVAL_S = 0.25
 interval is this long (a tick of each of two CPUs is then 0.08 CPUs, under :data:`MARGIN`)."""
 MARGIN = 0.25
 """A CPU counts as free when at least this much of it is not used by others (so a neighbour at 80% takes it)."""
+TRIALS = 2
+"""Batches each thread count runs under a load before the faster one is kept."""
+RETRY_EVERY = 16
+"""Under a load, one batch in this many runs on the count measured slower (loads and batch shapes change)."""
+SMOOTHING = 0.3
+"""Weight of a batch's tokens per second in its thread count's running rate."""
 
 
 def affinity_cpus() -> set[int]:
@@ -121,8 +134,9 @@ class _Reading:
 
 
 class ThreadGovernor:
-    """Picks the thread count of each CPU forward pass: ``max_threads`` when the CPUs are free, fewer when
-    other processes keep some of them busy (``adaptive``), never more than :func:`usable_cpus`.
+    """Picks the thread count of each CPU forward pass: ``max_threads`` when the CPUs are free; while other
+    processes keep some of them busy (``adaptive``), the free CPUs' count or ``max_threads``, whichever the passes
+    reported to :meth:`record` ran faster at that load; never more than :func:`usable_cpus`.
 
     Args:
         max_threads: The most threads a pass may use (``None``: :func:`usable_cpus`).
@@ -140,8 +154,12 @@ class ThreadGovernor:
         self._lock = threading.Lock()
         self._last: _Reading | None = None
         self.threads = self.max_threads
+        self.free_threads = self.max_threads
+        """Threads on the CPUs the other processes left free over the last interval (at least one)."""
         self.others_busy = 0.0
         """CPUs the other processes kept busy over the last interval (what the last choice was based on)."""
+        self._rates: dict[tuple[int, int], tuple[int, float]] = {}  # (free_threads, threads) -> (batches, tokens/s)
+        self._choices = 0
         if self.adaptive:
             self._last = self._read()
 
@@ -166,24 +184,61 @@ class ThreadGovernor:
         return _Reading(wall=time.monotonic(), busy=busy / ticks, own=times.user + times.system)
 
     def choose(self) -> int:
-        """The thread count for the next pass (reads the CPU counters since the last call)."""
+        """The thread count for the next pass: all of them while the CPUs are free; under a load, the free CPUs'
+        count or all of them, whichever :meth:`record` measured faster at this load (each tried first)."""
         if not self.adaptive:
             return self.max_threads
         with self._lock:
-            now = self._read()
-            last = self._last
-            if now is None or last is None or now.wall - last.wall < MIN_INTERVAL_S:
+            self._read_load()
+            free = self.free_threads
+            if not self.contended:
+                self.threads = self.max_threads
                 return self.threads
-            self._last = now
-            interval = now.wall - last.wall
-            others = max(0.0, (now.busy - last.busy) - (now.own - last.own)) / interval
-            self.others_busy = others
-            free = len(self.cpus) - others
-            threads = max(1, min(self.max_threads, math.floor(free + MARGIN)))
+            candidates = (free, self.max_threads)
+            trials = [self._rates.get((free, count), (0, 0.0)) for count in candidates]
+            untried = [count for count, (batches, _) in zip(candidates, trials, strict=True) if batches < TRIALS]
+            self._choices += 1
+            if untried:
+                threads = untried[0]
+            else:
+                ranked = sorted(zip(candidates, trials, strict=True), key=lambda item: item[1][1], reverse=True)
+                threads = ranked[1 if self._choices % RETRY_EVERY == 0 else 0][0]
             if threads != self.threads:
-                logger.debug("threads %d -> %d (other processes keep %.2f CPUs busy)", self.threads, threads, others)
+                logger.debug("threads %d -> %d (other processes keep %.2f CPUs busy)", self.threads, threads,
+                             self.others_busy)
             self.threads = threads
             return threads
+
+    @property
+    def contended(self) -> bool:
+        """Whether other processes kept some of the CPUs busy over the last interval."""
+        return self.free_threads < self.max_threads
+
+    def _read_load(self) -> None:
+        """Update :attr:`free_threads` from the CPU counters, once the interval since the last reading is long
+        enough to say something (:data:`MIN_INTERVAL_S`)."""
+        now = self._read()
+        last = self._last
+        if now is None or last is None or now.wall - last.wall < MIN_INTERVAL_S:
+            return
+        self._last = now
+        interval = now.wall - last.wall
+        others = max(0.0, (now.busy - last.busy) - (now.own - last.own)) / interval
+        self.others_busy = others
+        self.free_threads = max(1, min(self.max_threads, math.floor(len(self.cpus) - others + MARGIN)))
+
+    def record(self, threads: int, tokens: int, seconds: float) -> None:
+        """A pass of ``tokens`` tokens ran ``seconds`` on ``threads`` threads: what :meth:`choose` compares under
+        the current load (ignored while the CPUs are free)."""
+        if not self.adaptive or tokens <= 0 or seconds <= 0:
+            return
+        with self._lock:
+            if not self.contended or threads not in (self.free_threads, self.max_threads):
+                return
+            key = (self.free_threads, threads)
+            batches, rate = self._rates.get(key, (0, 0.0))
+            sample = tokens / seconds
+            self._rates[key] = (batches + 1, sample if batches == 0 else (1 - SMOOTHING) * rate + SMOOTHING * sample)
 
     def apply(self) -> int:
         """:meth:`choose`, then set it for the calling thread's next forward pass; returns it."""
