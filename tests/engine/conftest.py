@@ -24,20 +24,31 @@ def write_stat():
 
 
 @pytest.fixture
-def loaded_governor(tmp_path, monkeypatch) -> ThreadGovernor:
-    """A governor of two threads that has read one CPU's worth of other processes' load (one thread free), and
-    keeps that reading for the test (later readings are ignored, as if too close together)."""
-    stat = tmp_path / "stat"
+def governor_under(tmp_path, monkeypatch):
+    """``governor_under(busy_cpus)``: a governor of two threads that has read other processes keeping ``busy_cpus``
+    CPUs busy, and keeps that reading for the test (later readings are ignored, as if too close together)."""
     cpus = sorted(os.sched_getaffinity(0))[:2]
     if len(cpus) < 2:
         pytest.skip("needs two CPUs")
-    _write_stat(stat, cpus, 0, 0)
-    governor = ThreadGovernor(2, stat_path=stat)
-    governor.cpus = cpus
-    governor._last = governor._read()
-    time.sleep(0.3)
-    _write_stat(stat, cpus, int(0.5 * 0.3 * os.sysconf("SC_CLK_TCK")) + 1, 10_000)
-    governor.choose()
+
+    def make(busy_cpus: float) -> ThreadGovernor:
+        stat = tmp_path / f"stat-{busy_cpus}"
+        _write_stat(stat, cpus, 0, 0)
+        governor = ThreadGovernor(2, stat_path=stat)
+        governor.cpus = cpus
+        governor._last = governor._read()
+        time.sleep(0.3)
+        _write_stat(stat, cpus, math.ceil(busy_cpus / len(cpus) * 0.3 * os.sysconf("SC_CLK_TCK")), 10_000)
+        governor.choose()
+        monkeypatch.setattr(engine_threads, "MIN_INTERVAL_S", math.inf)
+        return governor
+
+    return make
+
+
+@pytest.fixture
+def loaded_governor(governor_under) -> ThreadGovernor:
+    """A governor of two threads under one CPU's worth of other processes' load (one thread free)."""
+    governor = governor_under(1.0)
     assert governor.contended and governor.free_threads == 1
-    monkeypatch.setattr(engine_threads, "MIN_INTERVAL_S", math.inf)
     return governor

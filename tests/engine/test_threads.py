@@ -182,13 +182,8 @@ def test_a_change_of_speed_under_the_same_load_is_followed(loaded_governor):
     assert [governor.choose() for _ in range(engine_threads.RETRY_EVERY - 1)].count(1) >= engine_threads.RETRY_EVERY - 2
 
 
-def test_on_free_cpus_every_pass_uses_all_threads_and_timings_are_not_kept(tmp_path, write_stat):
-    stat = tmp_path / "stat"
-    cpus = sorted(os.sched_getaffinity(0))[:2]
-    if len(cpus) < 2:
-        pytest.skip("needs two CPUs")
-    write_stat(stat, cpus, 0, 0)
-    governor = ThreadGovernor(2, stat_path=stat)
+def test_on_free_cpus_every_pass_uses_all_threads_and_timings_are_not_kept(governor_under):
+    governor = governor_under(0.0)
     for _ in range(10):
         threads = governor.choose()
         governor.record(threads, 2_000, 0.5)
