@@ -224,9 +224,8 @@ class OpenVINOScorer:
     def _run_alone(self, windows: list[Window], threads: int) -> torch.Tensor:
         request = self._request(self._compiled_for(compiled_threads(threads, self._threads.max_threads)))
         inputs = self._inputs(windows)
-        start = time.perf_counter()
-        request.infer(inputs)
-        self._threads.record(threads, sum(len(w.input_ids) for w in windows), time.perf_counter() - start)
+        with self._threads.timed(threads, sum(len(w.input_ids) for w in windows)):
+            request.infer(inputs)
         return self._head_scores(torch.from_numpy(request.get_output_tensor(0).data.copy()))
 
     def score_batches(self, batches: Iterable[list[Window]], share: int) -> Iterator[torch.Tensor]:

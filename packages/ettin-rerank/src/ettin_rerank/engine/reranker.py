@@ -8,7 +8,6 @@ import functools
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -206,11 +205,8 @@ class Reranker:
 
     def _governed_pass(self, scorer: Callable[[list[Window]], torch.Tensor], windows: list[Window]) -> torch.Tensor:
         """One torch pass on the thread governor's count, its speed reported back to the governor."""
-        threads = self._threads.apply()
-        start = time.perf_counter()
-        scores = scorer(windows)
-        self._threads.record(threads, sum(len(w.input_ids) for w in windows), time.perf_counter() - start)
-        return scores
+        with self._threads.timed(self._threads.apply(), sum(len(w.input_ids) for w in windows)):
+            return scorer(windows)
 
     def _cpu_threads(self) -> contextlib.AbstractContextManager[None]:
         """At most the governor's threads for torch in the calling thread, the caller's count restored after."""

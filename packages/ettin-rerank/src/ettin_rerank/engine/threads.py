@@ -240,6 +240,13 @@ class ThreadGovernor:
             sample = tokens / seconds
             self._rates[key] = (batches + 1, sample if batches == 0 else (1 - SMOOTHING) * rate + SMOOTHING * sample)
 
+    @contextmanager
+    def timed(self, threads: int, tokens: int) -> Iterator[None]:
+        """Time the block as one pass of ``tokens`` tokens on ``threads`` threads (:meth:`record`)."""
+        start = time.perf_counter()
+        yield
+        self.record(threads, tokens, time.perf_counter() - start)
+
     def apply(self) -> int:
         """:meth:`choose`, then set it for the calling thread's next forward pass; returns it."""
         threads = self.choose()
