@@ -163,6 +163,9 @@ def make_variants(folder: Path, device: str, max_length: int) -> list[Variant]:
         if uses_streams(default):
             variants.append(Variant("default, one batch at a time (before)", one_batch_at_a_time(load).score_pairs,
                                     baseline="ST fp32 (default load)"))
+        if default.runtime == "openvino":
+            variants.append(Variant("default, head on all threads (before)",
+                                    head_on_caller_threads(load()).score_pairs, baseline="ST fp32 (default load)"))
     if device == "cuda":
         fast = _st_fast_attention()
         variants.append(Variant(f"ST bf16 + {fast}", st({"dtype": torch.bfloat16, "attn_implementation": fast})))
@@ -191,6 +194,13 @@ def one_batch_at_a_time(load: Callable[[], Reranker]) -> Reranker:
     """The engine as it ran before batches went in flight on OpenVINO streams: one batch at a time."""
     with mock.patch.object(reranker_module, "openvino_streams", lambda kind: 1):
         return load()
+
+
+def head_on_caller_threads(engine: Reranker) -> Reranker:
+    """The engine as it ran before its OpenVINO scorer ran the float32 head on one torch thread: on the caller's."""
+    scorer = engine._scorer
+    scorer._head_scores = lambda pooled: scorer._head(pooled.float()).reshape(len(pooled))
+    return engine
 
 
 def int8_variant(folder: Path, max_length: int) -> Variant:
@@ -336,6 +346,8 @@ def latency_suite(folder: Path, device: str, queries: list[tuple[str, list[str]]
     calls_by_name = {"ST (default load)": load_st(), "ettin-rerank (default)": (default := load()).score}
     if uses_streams(default):
         calls_by_name["ettin-rerank (default, one batch at a time)"] = one_batch_at_a_time(load).score
+    if default.runtime == "openvino":
+        calls_by_name["ettin-rerank (default, head on all threads)"] = head_on_caller_threads(load()).score
     if default.runtime != "torch":  # the measurement behind this CPU kind's default runtime
         calls_by_name[f"ettin-rerank runtime='torch' ({dtype_name(default)})"] = load(runtime="torch").score
     report = {}

@@ -431,6 +431,26 @@ def test_under_a_load_each_batch_runs_alone_timed_for_the_governor(two_streams, 
 
 
 @needs_openvino
+def test_the_head_runs_on_one_torch_thread_beside_the_streams(two_streams, exact, wide_texts, make_text):
+    """OpenVINO's threads hold the cores while batches are in flight: the float32 head runs on one torch thread
+    (two torch threads spin beside them), for batches in flight and alone; the caller's count is theirs after."""
+    engine, alone = two_streams
+    scorer = engine._scorer
+    head, seen = scorer._head, []
+    scorer._head = lambda pooled: (seen.append(torch.get_num_threads()), head(pooled))[1]
+    documents = [*wide_texts, make_text(300)]
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert np.allclose(engine.score(QUERY, documents, max_length=512),
+                           exact.score(QUERY, documents, max_length=512), atol=1e-4, rtol=1e-5)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(caller)
+    assert alone == [1] and len(seen) > 2 and set(seen) == {1}
+
+
+@needs_openvino
 def test_a_call_cancelled_with_batches_in_flight_leaves_the_engine_usable(two_streams, exact, wide_texts):
     class CancelledAfterThreeBatches(threading.Event):
         checks = 0

@@ -15,7 +15,7 @@ import torch
 from ettin_rerank import Reranker
 from ettin_rerank.engine import reranker as reranker_module
 from ettin_rerank.engine import threads as engine_threads
-from ettin_rerank.engine.threads import ThreadGovernor, cgroup_cpu_limit, usable_cpus
+from ettin_rerank.engine.threads import ThreadGovernor, cgroup_cpu_limit, torch_threads, usable_cpus
 
 
 def _proc_cgroup(tmp_path, lines: str):
@@ -97,6 +97,21 @@ def test_explicit_threads_above_the_quota_are_capped_and_said(one_cpu_quota, tin
         engine = Reranker(tiny_checkpoint, device="cpu", dtype="float32", threads=8)
     assert set(_threads_seen_by_the_encoder(engine, [make_text(30) for _ in range(2)])) == {1}
     assert any("threads=8" in r.getMessage() and "1 CPU" in r.getMessage() for r in caplog.records)
+
+
+def test_torch_threads_sets_the_count_for_the_block_and_gives_the_callers_back():
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with torch_threads(1):
+            assert torch.get_num_threads() == 1
+            torch.set_num_threads(3)  # the block changes it: the caller's count still comes back
+        assert torch.get_num_threads() == 2
+        with pytest.raises(KeyError), torch_threads(1):
+            raise KeyError
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(caller)
 
 
 def test_explicit_threads_are_used_and_the_callers_setting_restored(tiny_checkpoint, make_text):

@@ -117,7 +117,9 @@ KIND_DEFAULTS: dict[str, KindDefault] = {
                                     "on streams of 1 thread, 1.25x pairs/s and 1.08x RAG p50 vs one at a time; "
                                     "idle: cpu-x86-64-avx2-latency-natural-idle.json, 1.06x the torch engine's "
                                     "pairs/s and 1.08x RAG p50 vs one at a time; 150m idle: "
-                                    "cpu-x86-64-avx2-natural-150m-idle.json, 1.86x ST fp32 vs the torch engine's 1.48x",
+                                    "cpu-x86-64-avx2-natural-150m-idle.json, 1.86x ST fp32 vs the torch engine's "
+                                    "1.48x; head on one torch thread: cpu-x86-64-avx2-17m-latency-natural-run1.json, "
+                                    "1.68x ST fp32 vs the torch engine's 1.33x (17m, idle)",
                         openvino_streams=2),
 }
 """The default runtime per CPU kind (dtype: bfloat16 where native, else float32, as :func:`resolve_dtype`)."""

@@ -26,6 +26,7 @@ other code in the process.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -254,15 +255,21 @@ class ThreadGovernor:
             torch.set_num_threads(threads)
         return threads
 
-    @contextmanager
-    def capped(self) -> Iterator[None]:
+    def capped(self) -> contextlib.AbstractContextManager[None]:
         """Run the block with at most :attr:`max_threads` torch threads in the calling thread (loading a checkpoint
         runs parallel ops too), then give the caller back its own count (also after :meth:`apply` inside)."""
-        caller = torch.get_num_threads()
-        if caller > self.max_threads:
-            torch.set_num_threads(self.max_threads)
-        try:
-            yield
-        finally:
-            if torch.get_num_threads() != caller:
-                torch.set_num_threads(caller)
+        return torch_threads(min(torch.get_num_threads(), self.max_threads))
+
+
+@contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Run the block with ``count`` torch threads in the calling thread, then give it back its own count (also
+    when the block changed it)."""
+    caller = torch.get_num_threads()
+    if caller != count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != caller:
+            torch.set_num_threads(caller)
